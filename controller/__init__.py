@@ -1,0 +1,1 @@
+"""The controller: protocol engine, session store, acquisition, binning, MQTT bus and the CLI."""

@@ -1,0 +1,1 @@
+"""The model server: datasets, ensembles, compact models, distillation, pruning, image generation."""

@@ -1,0 +1,1 @@
+"""Experiment protocols as plain data and generators of typed steps (no I/O)."""
