@@ -32,9 +32,9 @@ WIRE_DTYPES: frozenset[str] = frozenset(
 
 def _validate_array(value: Any) -> np.ndarray:
     if not isinstance(value, np.ndarray):
-        raise TypeError(f"expected a numpy array, got {type(value).__name__}")
+        raise ValueError(f"expected a numpy array, got {type(value).__name__}")
     if value.dtype.str not in WIRE_DTYPES:
-        raise TypeError(f"dtype {value.dtype.str!r} cannot travel; allowed: {sorted(WIRE_DTYPES)}")
+        raise ValueError(f"dtype {value.dtype.str!r} cannot travel; allowed: {sorted(WIRE_DTYPES)}")
     return value
 
 
@@ -76,5 +76,5 @@ def image_id(pixels: np.ndarray) -> str:
     a = np.ascontiguousarray(pixels)
     h = hashlib.blake2b(digest_size=16)
     h.update(f"{a.dtype.str}{a.shape}".encode())
-    h.update(memoryview(a).cast("B"))
+    h.update(a.data.cast("B") if a.size else b"")
     return h.hexdigest()

@@ -32,7 +32,7 @@ Frame = bytes | memoryview | zmq.Frame
 def _strip(obj: Any, buffers: list[memoryview]) -> Any:
     if isinstance(obj, np.ndarray):
         a = obj if obj.flags.c_contiguous else np.ascontiguousarray(obj)
-        buffers.append(memoryview(a).cast("B") if a.size else memoryview(b""))
+        buffers.append(a.data.cast("B") if a.size else memoryview(b""))
         return {"__nd__": len(buffers) - 1, "dtype": a.dtype.str, "shape": list(a.shape)}
     if isinstance(obj, dict):
         return {k: _strip(v, buffers) for k, v in obj.items()}

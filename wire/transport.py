@@ -55,7 +55,7 @@ def union_adapter(classes: Sequence[type[Message]]) -> TypeAdapter[Any]:
     classes = list(dict.fromkeys(classes))
     if len(classes) == 1:
         return TypeAdapter(classes[0])
-    union = typing.Union[tuple(classes)]  # noqa: UP007 - built at run time from a list
+    union: Any = typing.Union[tuple(classes)]  # noqa: UP007 - built at run time from a list
     return TypeAdapter(Annotated[union, Field(discriminator="kind")])
 
 

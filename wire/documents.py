@@ -1,0 +1,106 @@
+"""The documents of a session, in the spirit of bluesky's event model.
+
+A session is a stream of documents: one :class:`StartDoc`, then blocks, images, trials,
+responses, model versions and picks as they happen, then one :class:`StopDoc`. The session
+store (``controller.store``) writes each one to disk before it is acknowledged, and replay
+reads the same documents back. Every document has a ``uid`` and a wall-clock ``time``.
+"""
+
+from __future__ import annotations
+
+from typing import Annotated, Any, Literal
+
+from pydantic import Field, TypeAdapter
+
+from wire.base import Array, Document
+
+
+class StartDoc(Document):
+    kind: Literal["start"] = "start"
+    session_id: str = Field(description="unique session name, e.g. 2026-11-25_rig1_M1")
+    protocol: dict[str, Any] = Field(default_factory=dict, description="the protocol as run (validated data)")
+    config: dict[str, Any] = Field(default_factory=dict, description="controller configuration")
+    code_version: str = Field(description="cortexloop version and git commit")
+    rig: str = Field(default="rig", description="rig name")
+    subject: str = Field(default="unknown", description="subject (animal) id")
+    resumed_from: str | None = Field(default=None, description="uid of the start document this one resumes")
+
+
+class BlockDoc(Document):
+    """Descriptor of a block of trials, written before its first trial."""
+
+    kind: Literal["block"] = "block"
+    block_id: str
+    index: int = Field(ge=0, description="position of the block in the session")
+    source: str = Field(description="where the images came from (normal, gaudy, active, maximize_synth, ...)")
+    fallback: bool = Field(default=False, description="true when this is the protocol's fallback block")
+    n_trials: int = Field(ge=0)
+    params: dict[str, Any] = Field(default_factory=dict)
+
+
+class ImageDoc(Document):
+    """An image, stored once per session (deduplicated by its content hash)."""
+
+    kind: Literal["image"] = "image"
+    image_id: str = Field(description="content hash (wire.base.image_id)")
+    pixels: Array = Field(description="uint8 (H, W, 3) RGB")
+    source: str = Field(default="", description="how the image was made")
+
+
+class TrialDoc(Document):
+    kind: Literal["trial"] = "trial"
+    trial_id: str
+    block_id: str
+    index: int = Field(ge=0, description="position within the block")
+    image_id: str
+    requested_onset: float | None = Field(default=None, description="when the onset was scheduled (stim clock, s)")
+    onset: float = Field(description="measured onset: time of the flip that first showed the image (stim clock, s)")
+    offset: float = Field(description="time of the flip that removed it (stim clock, s)")
+    on_frames: int = Field(gt=0)
+    dropped_frames: int = Field(ge=0)
+
+
+class ResponseDoc(Document):
+    """Spike counts of one trial in a window after its onset."""
+
+    kind: Literal["response"] = "response"
+    trial_id: str
+    units: list[str] = Field(description="unit ids, one per column of counts")
+    counts: Array = Field(description="spike counts, one per unit")
+    window: tuple[float, float] = Field(description="counting window after onset (s)")
+    onset_acq: float = Field(description="the onset mapped into the acquisition clock (s)")
+
+
+class ModelVersionDoc(Document):
+    kind: Literal["model_version"] = "model_version"
+    version: str
+    n_images: int = Field(ge=0)
+    metrics: dict[str, float] = Field(default_factory=dict)
+    details: dict[str, Any] = Field(default_factory=dict)
+
+
+class PickDoc(Document):
+    """Why an image was chosen for a block."""
+
+    kind: Literal["pick"] = "pick"
+    image_id: str
+    block_id: str
+    generator: str = Field(description="active, maximize_normal, maximize_synth, adversarial+, random, ...")
+    model_version: str | None = None
+    neuron: int | None = None
+    score: float | None = None
+    details: dict[str, Any] = Field(default_factory=dict)
+
+
+class StopDoc(Document):
+    kind: Literal["stop"] = "stop"
+    exit_status: Literal["success", "abort", "fail"]
+    reason: str = ""
+    n_trials: int = Field(ge=0, default=0)
+
+
+AnyDocument = Annotated[
+    StartDoc | BlockDoc | ImageDoc | TrialDoc | ResponseDoc | ModelVersionDoc | PickDoc | StopDoc,
+    Field(discriminator="kind"),
+]
+DOCUMENT_ADAPTER: TypeAdapter[Any] = TypeAdapter(AnyDocument)

@@ -1,0 +1,233 @@
+"""MQTT topic names and the payloads of every bus message (status, events, operator commands).
+
+The MQTT bus is cortexloop's *human-facing* channel: dashboards and operators watch a rig's
+session and may pause, resume or abort it. All topics of one rig live under
+``cortexloop/<rig>/``::
+
+    cortexloop/<rig>/session/status    SessionStatus  (retained: the last one is the rig's state)
+    cortexloop/<rig>/session/block     BlockStatus    (a block started, progressed, finished)
+    cortexloop/<rig>/session/trial     TrialStatus    (one per shown trial)
+    cortexloop/<rig>/session/event     SessionEvent   (notes: command accepted/rejected, errors)
+    cortexloop/<rig>/model/progress    ModelProgress  (retraining, synthesis, ... progress)
+    cortexloop/<rig>/cmd/pause         PauseCommand   (operator -> controller)
+    cortexloop/<rig>/cmd/resume        ResumeCommand  (operator -> controller)
+    cortexloop/<rig>/cmd/abort         AbortCommand   (operator -> controller)
+
+Payloads are UTF-8 JSON of the pydantic models below (``kind`` names the model). Commands are
+accepted only from authenticated clients: the broker refuses anonymous connections and its
+ACL lets only operator accounts publish under ``cmd/`` (see ``docs/mqtt.md``).
+"""
+
+from __future__ import annotations
+
+import re
+import time
+from typing import Annotated, Literal
+
+from pydantic import Field, TypeAdapter, ValidationError
+
+from wire.base import Message, new_uid
+from wire.errors import DecodeError
+
+ROOT = "cortexloop"
+#: A rig name is one topic level: letters, digits, ``-``, ``_`` and ``.`` only.
+RIG_PATTERN = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}$")
+
+COMMAND_NAMES: tuple[str, ...] = ("pause", "resume", "abort")
+
+
+def check_rig(rig: str) -> str:
+    """``rig`` if it is a valid single topic level, else :class:`DecodeError`."""
+    if not RIG_PATTERN.match(rig):
+        raise DecodeError(f"invalid rig name {rig!r}: use letters, digits, '-', '_', '.' (max 64)")
+    return rig
+
+
+# --- payloads: controller -> world ---------------------------------------------------------
+class BusMessage(Message):
+    """A message on the MQTT bus; ``time`` is wall-clock seconds since the epoch."""
+
+    time: float = Field(default_factory=time.time, description="wall-clock time when sent (s since epoch)")
+
+
+class SessionStatus(BusMessage):
+    """The rig's state; published retained, so a late subscriber sees the current one at once."""
+
+    kind: Literal["bus.status"] = "bus.status"
+    rig: str = Field(description="rig name")
+    state: str = Field(description="session state (idle, running, paused, aborting, finished, failed)")
+    session_id: str | None = Field(default=None, description="uid of the session, if one is open")
+    protocol: str | None = Field(default=None, description="name of the protocol being run")
+    step_index: int | None = Field(default=None, ge=0, description="index of the current protocol step")
+    step_kind: str | None = Field(default=None, description="kind of the current protocol step")
+    block_id: str | None = Field(default=None, description="block being presented, if any")
+    message: str = Field(default="", description="free text for the operator")
+
+
+class BlockStatus(BusMessage):
+    kind: Literal["bus.block"] = "bus.block"
+    block_id: str
+    state: Literal["queued", "running", "completed", "aborted", "failed"]
+    n_trials: int = Field(ge=0, description="trials in the block")
+    done_trials: int = Field(default=0, ge=0, description="trials shown so far")
+    image_source: str | None = Field(default=None, description="where the block's images came from")
+    fallback_used: bool = Field(default=False, description="True when the fallback image source was used")
+
+
+class TrialStatus(BusMessage):
+    kind: Literal["bus.trial"] = "bus.trial"
+    block_id: str
+    index: int = Field(ge=0)
+    image_id: str
+    dropped_frames: int = Field(default=0, ge=0)
+    condition: str | None = None
+
+
+class SessionEvent(BusMessage):
+    """A note worth an operator's attention (command accepted or rejected, error, warning)."""
+
+    kind: Literal["bus.event"] = "bus.event"
+    level: Literal["info", "warning", "error"] = "info"
+    event: str = Field(description="short machine-readable name, e.g. 'command.rejected'")
+    message: str = ""
+
+
+class ModelProgress(BusMessage):
+    kind: Literal["bus.model_progress"] = "bus.model_progress"
+    task: str = Field(description="what the modelserver is doing: retrain, generate, match, ...")
+    fraction: float = Field(ge=0.0, le=1.0, description="0..1")
+    epoch: int | None = Field(default=None, ge=0)
+    loss: float | None = None
+    model_version: str | None = None
+    message: str = ""
+
+
+# --- payloads: operator -> controller --------------------------------------------------------
+class Command(BusMessage):
+    """Base of operator commands. ``command_id`` lets the operator match the controller's ack."""
+
+    command_id: str = Field(default_factory=new_uid, description="unique id of this command")
+    issued_by: str | None = Field(default=None, description="operator name (informational; auth is the broker's)")
+    reason: str = Field(default="", max_length=1000, description="why (logged in the session)")
+
+
+class PauseCommand(Command):
+    kind: Literal["cmd.pause"] = "cmd.pause"
+    when: Literal["after_trial", "after_block"] = Field(
+        default="after_block", description="pause at the next trial boundary or at the end of the block")
+
+
+class ResumeCommand(Command):
+    kind: Literal["cmd.resume"] = "cmd.resume"
+
+
+class AbortCommand(Command):
+    kind: Literal["cmd.abort"] = "cmd.abort"
+    when: Literal["now", "after_block"] = Field(
+        default="now", description="stop at once (block marked aborted) or after the running block")
+
+
+AnyCommand = Annotated[PauseCommand | ResumeCommand | AbortCommand, Field(discriminator="kind")]
+_COMMAND_ADAPTER: TypeAdapter[PauseCommand | ResumeCommand | AbortCommand] = TypeAdapter(AnyCommand)
+COMMAND_CLASSES: dict[str, type[Command]] = {
+    "pause": PauseCommand, "resume": ResumeCommand, "abort": AbortCommand,
+}
+
+
+# --- topic names -------------------------------------------------------------------------------
+class Topics:
+    """Every topic of one rig. ``Topics("rig1").status == "cortexloop/rig1/session/status"``."""
+
+    def __init__(self, rig: str) -> None:
+        self.rig = check_rig(rig)
+        base = f"{ROOT}/{rig}"
+        self.base = base
+        self.status = f"{base}/session/status"
+        self.block = f"{base}/session/block"
+        self.trial = f"{base}/session/trial"
+        self.event = f"{base}/session/event"
+        self.model_progress = f"{base}/model/progress"
+        self.cmd_prefix = f"{base}/cmd"
+        #: subscription filter for every command of this rig
+        self.commands = f"{base}/cmd/+"
+        #: subscription filter for everything the controller publishes
+        self.all_status = f"{base}/session/#"
+
+    def command(self, name: str) -> str:
+        if name not in COMMAND_NAMES:
+            raise DecodeError(f"unknown command {name!r}; known: {', '.join(COMMAND_NAMES)}")
+        return f"{self.cmd_prefix}/{name}"
+
+    def for_message(self, msg: BusMessage) -> str:
+        """The topic a payload is published on."""
+        if isinstance(msg, SessionStatus):
+            return self.status
+        if isinstance(msg, BlockStatus):
+            return self.block
+        if isinstance(msg, TrialStatus):
+            return self.trial
+        if isinstance(msg, SessionEvent):
+            return self.event
+        if isinstance(msg, ModelProgress):
+            return self.model_progress
+        if isinstance(msg, PauseCommand):
+            return self.command("pause")
+        if isinstance(msg, ResumeCommand):
+            return self.command("resume")
+        if isinstance(msg, AbortCommand):
+            return self.command("abort")
+        raise DecodeError(f"no topic for {type(msg).__name__}")
+
+    def retained(self, msg: BusMessage) -> bool:
+        """Whether a payload is published with the retain flag (only the status is)."""
+        return isinstance(msg, SessionStatus)
+
+
+_STATUS_CLASSES: dict[str, type[BusMessage]] = {
+    "session/status": SessionStatus,
+    "session/block": BlockStatus,
+    "session/trial": TrialStatus,
+    "session/event": SessionEvent,
+    "model/progress": ModelProgress,
+}
+
+
+def encode_payload(msg: BusMessage) -> bytes:
+    return msg.model_dump_json().encode()
+
+
+def decode_command(topic: str, payload: bytes | str, rig: str) -> PauseCommand | ResumeCommand | AbortCommand:
+    """Validate a command: the topic must be this rig's ``cmd/<name>`` and the payload that command.
+
+    An empty payload is the command with default fields. Raises :class:`DecodeError` naming
+    the problem (bad topic, bad JSON, wrong kind, invalid field).
+    """
+    prefix = f"{ROOT}/{check_rig(rig)}/cmd/"
+    if not topic.startswith(prefix):
+        raise DecodeError(f"{topic!r} is not a command topic of rig {rig!r}")
+    name = topic[len(prefix):]
+    cls = COMMAND_CLASSES.get(name)
+    if cls is None:
+        raise DecodeError(f"unknown command {name!r} on {topic!r}; known: {', '.join(COMMAND_NAMES)}")
+    raw = payload.encode() if isinstance(payload, str) else bytes(payload)
+    if not raw.strip():
+        raw = b"{}"
+    try:
+        cmd = _COMMAND_ADAPTER.validate_json(raw) if b'"kind"' in raw else cls.model_validate_json(raw)
+    except ValidationError as exc:
+        raise DecodeError(f"invalid {name} command: {exc.errors(include_url=False)}") from exc
+    if not isinstance(cmd, cls):
+        raise DecodeError(f"payload kind {cmd.kind!r} does not match topic {topic!r}")
+    return cmd
+
+
+def decode_status(topic: str, payload: bytes | str, rig: str) -> BusMessage:
+    """Validate a status/event payload published by the controller of ``rig``."""
+    prefix = f"{ROOT}/{check_rig(rig)}/"
+    cls = _STATUS_CLASSES.get(topic[len(prefix):]) if topic.startswith(prefix) else None
+    if cls is None:
+        raise DecodeError(f"{topic!r} is not a status topic of rig {rig!r}")
+    try:
+        return cls.model_validate_json(payload)
+    except ValidationError as exc:
+        raise DecodeError(f"invalid payload on {topic!r}: {exc.errors(include_url=False)}") from exc
