@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import functools
 import json
 import logging
 import typing
@@ -57,6 +58,11 @@ def union_adapter(classes: Sequence[type[Message]]) -> TypeAdapter[Any]:
         return TypeAdapter(classes[0])
     union: Any = typing.Union[tuple(classes)]  # noqa: UP007 - built at run time from a list
     return TypeAdapter(Annotated[union, Field(discriminator="kind")])
+
+
+@functools.lru_cache(maxsize=256)
+def _adapter_for(cls: type[Message]) -> TypeAdapter[Any]:
+    return TypeAdapter(cls)
 
 
 def _context(ctx: zmq.asyncio.Context | None) -> zmq.asyncio.Context:
@@ -260,9 +266,9 @@ class RpcClient:
         finally:
             self._pending.pop(rid, None)
         if isinstance(body, dict) and body.get("kind") == "error":
-            err = validate(body, TypeAdapter(ErrorReply))
+            err = validate(body, _adapter_for(ErrorReply))
             raise error_for_code(err.code)(err.message)
-        result: R = validate(body, TypeAdapter(reply_type))
+        result: R = validate(body, _adapter_for(reply_type))
         return result
 
     async def ping(self, timeout: float | None = None) -> Pong:
