@@ -78,6 +78,7 @@ def smoke(out: Annotated[Path, typer.Option(help="folder for the session file")]
     """Start a server, exchange typed messages and an event stream, and write a session file."""
     from controller.smoke import run_smoke
 
+    out.mkdir(parents=True, exist_ok=True)
     asyncio.run(run_smoke(out, console))
 
 

@@ -28,7 +28,6 @@ class Stored(Message):
 
 
 async def run_smoke(out: Path, console: Console) -> Path:
-    out.mkdir(parents=True, exist_ok=True)
     path = out / f"smoke-{time.strftime('%Y%m%dT%H%M%S')}.h5"
     writer = SessionWriter.create(path)
     writer.write(StartDoc(session_id=path.stem, code_version=__version__, rig="smoke"))

@@ -16,7 +16,7 @@ time of the flip that first shows it and ``offset`` the time of the flip that fi
 
 from __future__ import annotations
 
-from enum import Enum
+from enum import StrEnum
 from typing import Literal
 
 from pydantic import BaseModel, ConfigDict, Field, model_validator
@@ -133,13 +133,13 @@ class GetStimStatus(Message):
 
 
 # --- replies -------------------------------------------------------------------------
-class StimState(str, Enum):
+class StimState(StrEnum):
     IDLE = "idle"
     RUNNING = "running"
     PAUSED = "paused"
 
 
-class BlockStatus(str, Enum):
+class BlockStatus(StrEnum):
     COMPLETED = "completed"
     ABORTED = "aborted"
     FIXATION_TIMEOUT = "fixation_timeout"
