@@ -69,6 +69,7 @@ class ResponseDoc(Document):
     counts: Array = Field(description="spike counts, one per unit")
     window: tuple[float, float] = Field(description="counting window after onset (s)")
     onset_acq: float = Field(description="the onset mapped into the acquisition clock (s)")
+    complete: bool = Field(default=True, description="false if spikes of the window may be missing")
 
 
 class ModelVersionDoc(Document):
@@ -99,8 +100,33 @@ class StopDoc(Document):
     n_trials: int = Field(ge=0, default=0)
 
 
+
+
+class StepDoc(Document):
+    """A protocol step and its result, written when the step completes.
+
+    Replay and crash-safe resume drive the protocol again and answer each recorded step with
+    its recorded result, so the protocol reaches the interrupted step in the same state.
+    """
+
+    kind: Literal["step"] = "step"
+    index: int = Field(ge=0, description="position of the step in the session")
+    step: dict[str, Any] = Field(description="the step as data (protocols.steps)")
+    result: dict[str, Any] = Field(description="the result sent back to the protocol")
+
+
+class EventDoc(Document):
+    """Something that happened to the session: a pause, a fault, a fallback, an operator command."""
+
+    kind: Literal["event"] = "event"
+    what: str = Field(description="paused, resumed, stim_unreachable, fallback, operator, ...")
+    message: str = ""
+    details: dict[str, Any] = Field(default_factory=dict)
+
+
 AnyDocument = Annotated[
-    StartDoc | BlockDoc | ImageDoc | TrialDoc | ResponseDoc | ModelVersionDoc | PickDoc | StopDoc,
+    StartDoc | BlockDoc | ImageDoc | TrialDoc | ResponseDoc | ModelVersionDoc | PickDoc | StepDoc | EventDoc
+    | StopDoc,
     Field(discriminator="kind"),
 ]
 DOCUMENT_ADAPTER: TypeAdapter[Any] = TypeAdapter(AnyDocument)

@@ -284,6 +284,7 @@ class EventPublisher:
         sock = self._ctx.socket(zmq.XPUB)
         sock.linger = 0
         sock.sndhwm = 100_000
+        sock.setsockopt(zmq.XPUB_VERBOSE, 1)  # report every subscription, not only the first per topic
         try:
             if curve is not None:
                 secure_server(sock, curve, domain=f"cortexloop.{name}")

@@ -221,3 +221,13 @@ async def test_bad_event_payload_is_a_decode_error() -> None:
 def test_encode_refuses_nothing_it_cannot_carry() -> None:
     frames = encode(Ping())
     assert len(frames) == 1 and json.loads(frames[0])["msg"] == {"kind": "ping"}
+
+
+async def test_wait_for_subscribers_counts_each_subscriber_of_the_same_topic() -> None:
+    async with EventPublisher("tcp://127.0.0.1:0") as pub:
+        subs = [EventSubscriber(pub.endpoint, [Tick], topics=["t.tick"]) for _ in range(3)]
+        await pub.wait_for_subscribers(3)
+        await pub.publish(Tick(n=5))
+        assert [(await s.recv(timeout=5)).n for s in subs] == [5, 5, 5]
+        for s in subs:
+            s.close()

@@ -1,0 +1,91 @@
+"""Natural images the controller draws itself (normal, pool_random, gaudy), without the modelserver.
+
+These are what a block shows when the protocol asks for natural images, and what a fallback
+block shows when the modelserver is slow or down. The library reads a pool file (the HDF5
+layout of ``modelserver.generate.pool``: ``images`` uint8 (N, H, W, 3) and ``ids``), a folder
+of the authors' zip files (``images_<session>.zip`` of JPEGs), or an array in memory.
+"""
+
+from __future__ import annotations
+
+import io
+import zipfile
+from collections.abc import Sequence
+from pathlib import Path
+
+import h5py
+import numpy as np
+
+from wire.base import image_id
+from wire.errors import InvalidRequest, NotFound
+
+
+def gaudy(images: np.ndarray) -> np.ndarray:
+    """Cowley et al.'s gaudy images: each colour channel pushed to 0 or 255 about its mean."""
+    x = np.asarray(images)
+    means = x.reshape(*x.shape[:-3], -1, 3).mean(axis=-2)[..., None, None, :]
+    return np.where(x >= means, 255, 0).astype(np.uint8)
+
+
+def read_zip_images(path: str | Path, limit: int | None = None) -> np.ndarray:
+    """The JPEGs of one ``images_<session>.zip``, sorted by name: uint8 (N, H, W, 3)."""
+    from PIL import Image
+
+    with zipfile.ZipFile(path) as z:
+        names = sorted(n for n in z.namelist() if n.lower().endswith((".jpg", ".jpeg", ".png")))[:limit]
+        out = [np.asarray(Image.open(io.BytesIO(z.read(n))).convert("RGB"), dtype=np.uint8) for n in names]
+    if not out:
+        raise NotFound(f"no images in {path}")
+    return np.stack(out)
+
+
+class ImageLibrary:
+    """A set of natural images with their content-hash ids, drawn reproducibly."""
+
+    def __init__(self, images: np.ndarray, ids: Sequence[str] | None = None, name: str = "images") -> None:
+        images = np.asarray(images)
+        if images.dtype != np.uint8 or images.ndim != 4 or images.shape[-1] != 3 or len(images) == 0:
+            raise InvalidRequest(f"an image library needs uint8 (N, H, W, 3) images, got {images.dtype} {images.shape}")
+        self.images = images
+        self.ids = list(ids) if ids is not None else [image_id(im) for im in images]
+        if len(self.ids) != len(images):
+            raise InvalidRequest("one id per image is needed")
+        self.name = name
+
+    def __len__(self) -> int:
+        return len(self.images)
+
+    @classmethod
+    def from_pool(cls, path: str | Path, limit: int | None = None) -> ImageLibrary:
+        path = Path(path)
+        if not path.is_file():
+            raise NotFound(f"no pool file at {path}")
+        with h5py.File(path, "r") as f:
+            if "images" not in f or f["images"].dtype != np.uint8 or "ids" not in f:
+                raise InvalidRequest(f"{path} is not an image pool (uint8 'images' and 'ids' datasets)")
+            n = len(f["images"]) if limit is None else min(limit, len(f["images"]))
+            images = f["images"][:n]
+            ids = [i.decode() if isinstance(i, bytes) else str(i) for i in f["ids"][:n]]
+        return cls(images, ids, name=path.stem)
+
+    @classmethod
+    def from_v4(cls, data_dir: str | Path, sessions: Sequence[str], limit: int | None = None) -> ImageLibrary:
+        folder = Path(data_dir) / "images"
+        arrays = [read_zip_images(folder / f"images_{s}.zip", limit) for s in sessions]
+        return cls(np.concatenate(arrays), name="v4:" + ",".join(sessions))
+
+    def take(self, n: int, seed: int) -> list[int]:
+        """``n`` distinct indices drawn with ``seed`` (the same seed gives the same images)."""
+        if n > len(self):
+            raise InvalidRequest(f"{n} images requested from a library of {len(self)}")
+        return np.random.default_rng(seed).choice(len(self), size=n, replace=False).tolist()
+
+    def draw(self, source: str, n: int, seed: int) -> tuple[list[str], list[np.ndarray]]:
+        """(ids, pixels) of ``n`` images for a natural source: normal, pool_random or gaudy."""
+        idx = self.take(n, seed)
+        if source in ("normal", "pool_random"):
+            return [self.ids[i] for i in idx], [self.images[i] for i in idx]
+        if source == "gaudy":
+            pix = list(gaudy(self.images[idx]))
+            return [image_id(p) for p in pix], pix
+        raise InvalidRequest(f"the controller's image library cannot make {source!r} images")

@@ -1,0 +1,83 @@
+"""The controller's side of the stimulus server: one RPC client and the trial-event subscription."""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import AsyncIterator, Sequence
+
+import numpy as np
+import zmq.asyncio
+
+from wire.errors import CortexloopError
+from wire.messages import Pong
+from wire.security import CurveClient
+from wire.stim import (
+    STIM_TRIAL_TOPIC,
+    AbortBlock,
+    BlockResult,
+    GetStimStatus,
+    ImagesLoaded,
+    LoadImages,
+    PauseBlock,
+    PresentBlock,
+    ResumeBlock,
+    StimStatus,
+    TrialEvent,
+    TrialSpec,
+)
+from wire.transport import EventSubscriber, RpcClient
+
+log = logging.getLogger(__name__)
+
+
+class StimLink:
+    """Commands to a stimserver and its trial events. ``async with StimLink(rpc, events):``."""
+
+    def __init__(self, rpc_endpoint: str, events_endpoint: str, *, timeout: float = 10.0,
+                 context: zmq.asyncio.Context | None = None, curve: CurveClient | None = None) -> None:
+        self.client = RpcClient(rpc_endpoint, timeout=timeout, context=context, curve=curve)
+        self._events = EventSubscriber(events_endpoint, [TrialEvent], topics=[STIM_TRIAL_TOPIC],
+                                       context=context, curve=curve)
+
+    async def __aenter__(self) -> StimLink:
+        self.client.connect()
+        return self
+
+    async def __aexit__(self, *exc: object) -> None:
+        await self.client.close()
+        self._events.close()
+
+    async def ping(self, timeout: float | None = None) -> Pong:
+        return await self.client.ping(timeout=timeout)
+
+    async def load(self, ids: Sequence[str], pixels: Sequence[np.ndarray], chunk: int = 256) -> int:
+        """Send images in chunks (the server skips those it has); returns how many were new."""
+        added = 0
+        for i in range(0, len(ids), chunk):
+            reply = await self.client.request(
+                LoadImages(image_ids=list(ids[i:i + chunk]), images=[np.asarray(p) for p in pixels[i:i + chunk]]),
+                ImagesLoaded, timeout=max(self.client.timeout, 30.0))
+            added += reply.added
+        return added
+
+    async def present(self, block_id: str, trials: list[TrialSpec], timeout: float) -> BlockResult:
+        return await self.client.request(PresentBlock(block_id=block_id, trials=trials), BlockResult, timeout=timeout)
+
+    async def pause(self) -> None:
+        await self.client.request(PauseBlock(), StimStatus)
+
+    async def resume(self) -> None:
+        await self.client.request(ResumeBlock(), StimStatus)
+
+    async def abort(self) -> None:
+        try:
+            await self.client.request(AbortBlock(), StimStatus, timeout=2.0)
+        except CortexloopError as exc:  # nothing running, or the server is gone: nothing is shown either way
+            log.info("abort: stimserver answered %s", exc)
+
+    async def status(self, timeout: float | None = None) -> StimStatus:
+        return await self.client.request(GetStimStatus(), StimStatus, timeout=timeout)
+
+    async def events(self) -> AsyncIterator[TrialEvent]:
+        async for ev in self._events:
+            yield ev
