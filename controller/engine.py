@@ -504,6 +504,11 @@ class Engine:
         watchdog = asyncio.create_task(self._watch_stim(present))
         try:
             reply = await present
+        except asyncio.CancelledError:
+            me = asyncio.current_task()
+            if watchdog.done() and not watchdog.cancelled() and me is not None and not me.cancelling():
+                raise ServerUnavailable(f"stimserver stopped answering during {seg_id}") from None
+            raise
         finally:
             watchdog.cancel()
         for ev in reply.trials:  # events lost on the SUB socket are recovered from the reply
