@@ -6,6 +6,7 @@ LSL's ``local_clock`` also reads on Linux); the controller maps them into the ac
 Commands (one handler each on the stimserver, dispatched on ``kind``):
 
 * :class:`LoadImages` (``stim.load``) -> :class:`ImagesLoaded`
+* :class:`CheckImages` (``stim.check``) -> :class:`ImagesMissing`
 * :class:`PresentBlock` (``stim.present``) -> :class:`BlockResult` (when the block ends)
 * :class:`PauseBlock` / :class:`ResumeBlock` / :class:`AbortBlock` / :class:`SetFixation` /
   :class:`GetStimStatus` -> :class:`StimStatus`
@@ -68,6 +69,13 @@ class LoadImages(Message):
         if (self.pixels is None) == (self.images is None):
             raise ValueError("give exactly one of 'pixels' (N,H,W,3) or 'images' (list of (H,W,3))")
         return self
+
+
+class CheckImages(Message):
+    """Which of these ids the server's cache lacks (send only those with LoadImages)."""
+
+    kind: Literal["stim.check"] = "stim.check"
+    image_ids: list[str] = Field(description="content hashes to look up")
 
 
 class TrialSpec(BaseModel):
@@ -152,6 +160,12 @@ class ImagesLoaded(Message):
     cached_total: int = Field(ge=0, description="images in the cache now")
 
 
+class ImagesMissing(Message):
+    kind: Literal["stim.missing"] = "stim.missing"
+    missing: list[str] = Field(description="ids (of those asked about) the cache lacks, in the order asked, once each")
+    cached_total: int = Field(ge=0, description="images in the cache now")
+
+
 class BlockResult(Message):
     """Reply to PresentBlock: every trial shown, in order, with its flip times."""
 
@@ -174,6 +188,8 @@ class StimStatus(Message):
     trials_total: int = Field(default=0, ge=0, description="trials of that block in all (repeats expanded)")
     fixating: bool = Field(default=False, description="last fixation state set by the rig")
     images_cached: int = Field(default=0, ge=0, description="images in the cache")
+    max_images: int | None = Field(default=None, description="cache bound (least recently used images beyond it "
+                                   "are dropped); None: unbounded")
     presenter: str = Field(default="", description="presenter in use (psychopy or fake)")
     display_open: bool = Field(default=False, description="whether the presenter's window is open")
     display_error: str | None = Field(default=None, description="why the window could not open, if it could not")
@@ -181,5 +197,5 @@ class StimStatus(Message):
 
 
 STIM_COMMANDS: tuple[type[Message], ...] = (
-    LoadImages, PresentBlock, PauseBlock, ResumeBlock, AbortBlock, SetFixation, GetStimStatus,
+    LoadImages, CheckImages, PresentBlock, PauseBlock, ResumeBlock, AbortBlock, SetFixation, GetStimStatus,
 )

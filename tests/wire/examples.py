@@ -36,20 +36,22 @@ def _number(lo: float | None, kind: type) -> Any:
     return kind(v)
 
 
-def example_value(ann: Any, metadata: list[Any], rng: np.random.Generator) -> Any:
+def example_value(ann: Any, metadata: list[Any], rng: np.random.Generator, depth: int = 0) -> Any:
     origin = get_origin(ann)
     if origin is typing.Annotated:
         base, *meta = get_args(ann)
         if base is np.ndarray:
             return rng.integers(0, 255, size=(2, 3, 3), dtype=np.uint8)
-        return example_value(base, [*metadata, *meta], rng)
+        return example_value(base, [*metadata, *meta], rng, depth)
     if ann is np.ndarray:
         return rng.standard_normal((4, 5)).astype(np.float32)
     if origin is Literal:
         return get_args(ann)[0]
     if origin in (typing.Union, types.UnionType):
+        if type(None) in get_args(ann) and depth > 0:
+            return None  # optional fields of nested messages stay empty (recursive messages end)
         args = [a for a in get_args(ann) if a is not type(None)]
-        return example_value(args[0], metadata, rng)
+        return example_value(args[0], metadata, rng, depth)
     lo = None
     for m in metadata:
         if isinstance(m, annotated_types.Gt):
@@ -67,10 +69,10 @@ def example_value(ann: Any, metadata: list[Any], rng: np.random.Generator) -> An
     if isinstance(ann, type) and issubclass(ann, enum.Enum):
         return next(iter(ann))
     if isinstance(ann, type) and issubclass(ann, BaseModel):
-        return example(ann, rng)
+        return example(ann, rng, depth + 1)
     if origin in (list, typing.List, collections_abc_sequence()):  # noqa: UP006
         (item,) = get_args(ann) or (str,)
-        return [example_value(item, [], rng) for _ in range(2)]
+        return [example_value(item, [], rng, depth) for _ in range(2)]
     if origin is tuple:
         args = get_args(ann)
         if len(args) == 2 and args[1] is Ellipsis:
@@ -89,14 +91,14 @@ def collections_abc_sequence() -> Any:
     return collections.abc.Sequence
 
 
-def example(cls: type[BaseModel], rng: np.random.Generator | None = None) -> Any:
+def example(cls: type[BaseModel], rng: np.random.Generator | None = None, depth: int = 0) -> Any:
     """An instance of ``cls``: every field filled; failing that (cross-field validators), the
     required fields plus as many optional ones as validate."""
     from pydantic import ValidationError
 
     rng = rng or np.random.default_rng(0)
     fields = {n: f for n, f in cls.model_fields.items() if n not in ("uid", "time")}
-    values = {n: example_value(f.annotation, list(f.metadata), rng) for n, f in fields.items()}
+    values = {n: example_value(f.annotation, list(f.metadata), rng, depth) for n, f in fields.items()}
     try:
         return cls(**values)
     except ValidationError:

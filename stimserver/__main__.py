@@ -1,0 +1,5 @@
+"""``python -m stimserver --help``."""
+
+from stimserver.cli import main
+
+main()
