@@ -188,6 +188,7 @@ class Engine:
         self._resumed = asyncio.Event()
         self._resumed.set()
         self._abort = False
+        self._abort_reason = ""
         self._acq_error: AcquisitionError | None = None
         self._listeners: list[StatusListener] = []
         self._operator: asyncio.Future[OperatorResult] | None = None
@@ -270,6 +271,7 @@ class Engine:
         if self.session.final or self._abort:
             return
         self._abort = True
+        self._abort_reason = reason
         if self._operator is not None and not self._operator.done():
             self._operator.set_result(OperatorResult(action="abort", reason=reason))
         if self.session.can(SessionState.ABORTING):
@@ -281,7 +283,7 @@ class Engine:
 
     def _check_abort(self) -> None:
         if self._abort:
-            raise Aborted("session aborted")
+            raise Aborted(f"session aborted: {self._abort_reason}")
 
     # -- the run -----------------------------------------------------------------------------------
     async def run(self, plan: Plan, *, protocol: dict[str, Any] | None = None,
@@ -681,6 +683,7 @@ class Engine:
             self._operator = None
         if result.action == "abort":
             self._abort = True
+            self._abort_reason = result.reason or "operator"
         return result
 
 

@@ -1,0 +1,106 @@
+"""Between the engine and the MQTT bus: engine status out as bus messages, operator commands in."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+from typing import Any
+
+from controller.bus.base import Bus
+from controller.engine import Engine
+from wire.topics import (
+    AbortCommand,
+    BlockStatus,
+    PauseCommand,
+    ResumeCommand,
+    SessionEvent,
+    SessionStatus,
+    TrialStatus,
+)
+
+log = logging.getLogger(__name__)
+
+_BLOCK_STATES = {"preparing": "queued", "presenting": "running", "paused": "running", "counting": "running",
+                 "done": "completed", "aborted": "aborted", "failed": "failed"}
+
+
+class BusBridge:
+    """``async with BusBridge(engine, bus, protocol="sysid"):`` for the length of a session."""
+
+    def __init__(self, engine: Engine, bus: Bus, *, protocol: str | None = None) -> None:
+        self.engine = engine
+        self.bus = bus
+        self.protocol = protocol
+        self._queue: asyncio.Queue[Any] = asyncio.Queue(maxsize=10_000)
+        self._tasks: list[asyncio.Task[None]] = []
+        self._step: dict[str, Any] = {}
+        engine.on_status(self._on_status)
+
+    def _on_status(self, topic: str, payload: dict[str, Any]) -> None:
+        rig = self.engine.config.rig
+        msg: Any
+        if topic == "session":
+            msg = SessionStatus(rig=rig, state=payload["state"], session_id=payload["session_id"],
+                                protocol=self.protocol, step_index=self._step.get("index"),
+                                step_kind=self._step.get("kind"))
+        elif topic == "step":
+            self._step = payload
+            msg = SessionStatus(rig=rig, state=self.engine.session.state.value, session_id=payload["session_id"],
+                                protocol=self.protocol, step_index=payload["index"], step_kind=payload["kind"],
+                                message=payload.get("note", ""))
+        elif topic == "block":
+            block = self.engine.blocks.get(payload["block_id"])
+            msg = BlockStatus(block_id=payload["block_id"], state=_BLOCK_STATES[payload["state"]],  # type: ignore[arg-type]
+                              n_trials=len(block.trials) if block else 0,
+                              done_trials=sum(t.shown for t in block.trials) if block else 0,
+                              fallback_used=bool(block and block.fallbacks))
+        elif topic == "trial":
+            rec = self.engine.blocks[payload["block_id"]].trials[payload["index"]]
+            msg = TrialStatus(block_id=payload["block_id"], index=payload["index"], image_id=rec.image_id,
+                              condition=rec.condition)
+        elif topic in ("event", "operator"):
+            level = "warning" if payload.get("what") in ("stim_unreachable", "acquisition_failed", "fallback") else "info"
+            msg = SessionEvent(level=level, event=payload.get("what", topic),  # type: ignore[arg-type]
+                               message=payload.get("message", ""))
+        else:
+            return
+        try:
+            self._queue.put_nowait(msg)
+        except asyncio.QueueFull:
+            log.warning("bus queue full; %s status dropped", topic)
+
+    async def _publish(self) -> None:
+        while True:
+            msg = await self._queue.get()
+            try:
+                await self.bus.publish(msg)
+            except Exception as exc:  # the session goes on without the bus; say so each time
+                log.warning("bus publish failed: %s", exc)
+            finally:
+                self._queue.task_done()
+
+    async def _commands(self) -> None:
+        async for cmd in self.bus.commands():
+            reason = cmd.reason or f"MQTT {cmd.kind} by {cmd.issued_by or 'operator'}"
+            self._on_status("event", {"what": "operator", "message": f"{cmd.kind} accepted ({cmd.command_id})"})
+            if isinstance(cmd, PauseCommand):
+                await self.engine.pause(reason)
+            elif isinstance(cmd, ResumeCommand):
+                await self.engine.resume(reason)
+            elif isinstance(cmd, AbortCommand):
+                await self.engine.abort(reason)
+
+    async def __aenter__(self) -> BusBridge:
+        self._tasks = [asyncio.create_task(self._publish()), asyncio.create_task(self._commands())]
+        return self
+
+    async def __aexit__(self, *exc: object) -> None:
+        with contextlib.suppress(TimeoutError):
+            async with asyncio.timeout(2.0):
+                await self._queue.join()  # let the final statuses out
+        for t in self._tasks:
+            t.cancel()
+        for t in self._tasks:
+            with contextlib.suppress(asyncio.CancelledError, Exception):
+                await t
