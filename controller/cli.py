@@ -7,7 +7,7 @@ import importlib
 import json
 import logging
 from pathlib import Path
-from typing import Annotated
+from typing import Annotated, Any
 
 import typer
 from rich.console import Console
@@ -35,6 +35,9 @@ def _mount(module: str, name: str, help_text: str) -> None:
 def main(verbose: Annotated[bool, typer.Option("--verbose", "-v", help="debug logging")] = False) -> None:
     logging.basicConfig(level=logging.DEBUG if verbose else logging.INFO,
                         format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    if not verbose:  # the embedded broker's libraries narrate every connection at INFO
+        for noisy in ("amqtt", "transitions", "controller.state", "wire.transport"):
+            logging.getLogger(noisy).setLevel(logging.WARNING)
 
 
 @app.command()
@@ -82,12 +85,103 @@ def smoke(out: Annotated[Path, typer.Option(help="folder for the session file")]
     asyncio.run(run_smoke(out, console))
 
 
+@app.command()
+def simulate(files: list[Path], neurons: Annotated[int, typer.Option(help="simulated neurons")] = 20) -> None:
+    """Run protocol files without any server and print the steps they would take."""
+    from protocols.simulate import SimConfig, simulate_file
+
+    for report in simulate_file(*files, config=SimConfig(n_neurons=neurons)):
+        console.print(report.text())
+
+
+@app.command()
+def run(
+    protocol: Annotated[Path, typer.Argument(help="protocol file (YAML or TOML)")],
+    config: Annotated[Path | None, typer.Option(help="rig configuration (YAML); default: embedded")] = None,
+    out: Annotated[Path | None, typer.Option(help="folder for the session file")] = None,
+    session_id: Annotated[str | None, typer.Option(help="session name (default: time_rig_protocol)")] = None,
+    resume: Annotated[bool, typer.Option(help="continue the session file of --session-id")] = False,
+) -> None:
+    """Run a protocol as one recording session, with progress on the terminal."""
+    from controller.config import load_config
+    from controller.progress import SessionProgress
+    from controller.runner import run_protocol
+    from protocols.loader import load_protocol
+
+    proto = load_protocol(protocol)
+    cfg = load_config(config)
+    if out is not None:
+        cfg.out_dir = out
+    if session_id is not None:
+        cfg.session_id = session_id
+    cfg.out_dir.mkdir(parents=True, exist_ok=True)
+    with SessionProgress(console) as progress:
+        stop, path = asyncio.run(run_protocol(proto, cfg, resume=resume, on_status=progress.update))
+    colour = {"success": "green", "abort": "yellow"}.get(stop.exit_status, "red")
+    console.print(f"[{colour}]{stop.exit_status}[/{colour}]: {stop.n_trials} trials with counts in {path}"
+                  + (f" ({stop.reason})" if stop.reason else ""))
+    if stop.exit_status == "fail":
+        raise typer.Exit(1)
+
+
+def _operator(credentials: Path | None, broker: str | None, rig: str | None, username: str | None,
+              password: str | None) -> Any:
+    from controller.bus.mqtt import MqttOperator
+
+    info: dict[str, Any] = json.loads(credentials.read_text()) if credentials else {}
+    host, _, port = (broker or info.get("broker", "127.0.0.1:1883")).partition(":")
+    return MqttOperator(rig or info.get("rig", "rig1"), host, int(port or 1883),
+                        username=username or info.get("username"), password=password or info.get("password"))
+
+
+CredOpt = Annotated[Path | None, typer.Option(help="bus-operator.json written by an embedded broker")]
+BrokerOpt = Annotated[str | None, typer.Option(help="MQTT broker host:port")]
+RigOpt = Annotated[str | None, typer.Option(help="rig name")]
+UserOpt = Annotated[str | None, typer.Option(help="MQTT user name")]
+PassOpt = Annotated[str | None, typer.Option(help="MQTT password", envvar="CORTEXLOOP_MQTT_PASSWORD")]
+
+
+@app.command()
+def status(credentials: CredOpt = None, broker: BrokerOpt = None, rig: RigOpt = None, username: UserOpt = None,
+           password: PassOpt = None, timeout: float = 5.0) -> None:
+    """Print a rig's current session status (its retained MQTT status message)."""
+    from wire.topics import SessionStatus
+
+    async def go() -> None:
+        async with _operator(credentials, broker, rig, username, password) as op:
+            msg = await op.wait_for(lambda m: isinstance(m, SessionStatus), timeout)
+            console.print_json(msg.model_dump_json())
+
+    asyncio.run(go())
+
+
+def _command(kind: str) -> Any:
+    def command(reason: Annotated[str, typer.Option(help="why (recorded in the session)")] = "",
+                credentials: CredOpt = None, broker: BrokerOpt = None, rig: RigOpt = None,
+                username: UserOpt = None, password: PassOpt = None) -> None:
+        from wire.topics import COMMAND_CLASSES
+
+        async def go() -> None:
+            async with _operator(credentials, broker, rig, username, password) as op:
+                await op.send(COMMAND_CLASSES[kind](reason=reason, issued_by=username))
+            console.print(f"{kind} sent")
+
+        asyncio.run(go())
+
+    command.__doc__ = f"Send {kind} to a rig's running session over MQTT."
+    return command
+
+
+for _kind in ("pause", "resume", "abort"):
+    app.command(_kind)(_command(_kind))
+
+
 _mount("stimserver.cli", "stimserver", "Run the PsychoPy stimulus server.")
 _mount("modelserver.cli", "modelserver", "Run the model server.")
 _mount("virtualrig.cli", "virtualrig", "Run the virtual rig (model neurons over LSL).")
 
 
-def run() -> None:
+def entry() -> None:
     """Console entry point: domain errors are reported in one line, not as a traceback."""
     from wire.errors import CortexloopError
 

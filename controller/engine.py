@@ -26,6 +26,7 @@ from dataclasses import dataclass, field
 from typing import Any, Protocol
 
 import numpy as np
+from pydantic import ValidationError
 
 from controller import __version__
 from controller.acquisition.base import AcquisitionSource
@@ -181,6 +182,7 @@ class Engine:
         self.trials: dict[str, TrialRecord] = {}
         self.pixels: dict[str, np.ndarray] = {}
         self.generated: dict[str, asyncio.Task[Generated]] = {}
+        self.requests: dict[str, GenerateImages] = {}
         self._segments: dict[str, list[TrialRecord]] = {}
         self._recorded_steps: list[StepDoc] = []
         self._step_index = 0
@@ -370,6 +372,7 @@ class Engine:
     async def _generate(self, step: GenerateImages) -> GenerateResult:
         task = asyncio.create_task(self.models.generate(step, self._seed("generate", step.request_id)))
         self.generated[step.request_id] = task
+        self.requests[step.request_id] = step
         if step.prefetch:
             return GenerateResult(request_id=step.request_id, status="pending")
         try:
@@ -379,17 +382,22 @@ class Engine:
             raise RequestTimeout(f"generator {step.generator} took longer than {step.timeout_s:g} s") from exc
         return gen.result
 
-    async def _model_images(self, step: PresentBlock, s: ImageSet) -> Generated:
+    def _request_for(self, step: PresentBlock, s: ImageSet) -> GenerateImages:
+        """The generate request whose images set ``s`` shows (prefetched, or made inline now)."""
         if s.request is not None:
-            task = self.generated.get(s.request)
-            if task is None:
+            req = self.requests.get(s.request)
+            if req is None:
                 raise ProtocolError(f"block {step.block_id}: no generate_images request {s.request!r} was made")
-        else:
-            assert s.source is not None
-            gen_step = GenerateImages.model_validate({
-                "request_id": f"{step.block_id}.{s.label}", "n_images": s.n_images,
-                "params": {"generator": s.source, **s.params}})
-            task = asyncio.create_task(self.models.generate(gen_step, self._seed("set", step.block_id, s.label)))
+            return req
+        try:
+            return s.inline_request(step.block_id)
+        except ValidationError as exc:
+            raise ProtocolError(f"block {step.block_id}: {s.label}: {exc}") from exc
+
+    async def _model_images(self, step: PresentBlock, s: ImageSet, req: GenerateImages) -> Generated:
+        task = self.generated.get(req.request_id) if s.request is not None else None
+        if task is None:
+            task = asyncio.create_task(self.models.generate(req, self._seed("set", step.block_id, s.label)))
         async with asyncio.timeout(s.timeout_s):
             return await asyncio.shield(task)
 
@@ -411,20 +419,22 @@ class Engine:
             picks = [PickDoc(image_id=i, block_id=step.block_id, generator=s.source, details={"seed": seed})
                      for i in ids]
             return ids, [s.label] * len(ids), picks, False
+        req = self._request_for(step, s)
         try:
-            gen = await self._model_images(step, s)
+            gen = await self._model_images(step, s, req)
         except (TimeoutError, CortexloopError) as exc:
             if s.fallback is None:
                 raise ServerUnavailable(f"block {step.block_id}: {s.label} images unavailable ({exc}) "
                                         "and the image set has no fallback") from exc
-            self._event("fallback", f"{s.label}: modelserver failed ({type(exc).__name__}: {exc}); "
-                        f"showing {s.fallback} images instead", block_id=step.block_id, condition=s.label)
-            n = s.n_images or 1
+            n = req.total_images  # as many as the generator would have made (per neuron x neurons)
+            self._event("fallback", f"{s.label}: modelserver failed ({type(exc).__name__}); "
+                        f"showing {n} {s.fallback} images instead", block_id=step.block_id, condition=s.label)
             ids, pix = self.images.draw(s.fallback, n, seed)
             self.pixels.update(zip(ids, pix, strict=True))
             picks = [PickDoc(image_id=i, block_id=step.block_id, generator=f"fallback:{s.fallback}",
                              details={"seed": seed, "instead_of": s.source}) for i in ids]
-            return ids, [s.label] * n, picks, True
+            # labelled '<condition>/fallback' so analyses never count them as the condition
+            return ids, [f"{s.label}/fallback"] * n, picks, True
         self.pixels.update(gen.pixels)
         ids = gen.result.image_ids
         labels: list[str | None] = list(gen.result.labels) if gen.result.labels else [None] * len(ids)

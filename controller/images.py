@@ -89,3 +89,28 @@ class ImageLibrary:
             pix = list(gaudy(self.images[idx]))
             return [image_id(p) for p in pix], pix
         raise InvalidRequest(f"the controller's image library cannot make {source!r} images")
+
+
+def synthetic_images(n: int, size: int = 112, seed: int = 0) -> np.ndarray:
+    """``n`` naturalistic images without any data: coloured 1/f noise (the spectrum of natural
+    scenes) with a random blob and edge each, uint8 (n, size, size, 3). For demos and tests on a
+    machine with no image folder."""
+    rng = np.random.default_rng(seed)
+    fy = np.fft.fftfreq(size)[:, None]
+    fx = np.fft.fftfreq(size)[None, :]
+    amp = 1.0 / np.maximum(np.hypot(fx, fy), 1.0 / size)
+    yy, xx = np.mgrid[0:size, 0:size] / size
+    out = np.empty((n, size, size, 3), np.uint8)
+    for i in range(n):
+        phase = rng.uniform(0, 2 * np.pi, (3, size, size))
+        mix = rng.dirichlet(np.ones(3), 3)
+        planes = np.real(np.fft.ifft2(amp * np.exp(1j * phase)))
+        img = np.einsum("cij,ck->ijk", planes, mix)
+        img = (img - img.mean()) / (img.std() + 1e-9)
+        cx, cy, r = rng.uniform(0.2, 0.8), rng.uniform(0.2, 0.8), rng.uniform(0.05, 0.25)
+        blob = np.exp(-((xx - cx) ** 2 + (yy - cy) ** 2) / (2 * r * r))[..., None] * rng.normal(0, 1.5, 3)
+        theta = rng.uniform(0, np.pi)
+        edge = np.tanh(((xx - 0.5) * np.cos(theta) + (yy - 0.5) * np.sin(theta)) * 20)[..., None] * rng.normal(0, 0.7, 3)
+        img = img + blob + edge
+        out[i] = np.clip(128 + 40 * img, 0, 255).astype(np.uint8)
+    return out

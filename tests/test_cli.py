@@ -38,3 +38,62 @@ def test_keys_generate(tmp_path: Path) -> None:
     result = runner.invoke(app, ["keys", "generate", str(tmp_path), "rig1"])
     assert result.exit_code == 0
     assert (tmp_path / "rig1.key").is_file() and (tmp_path / "rig1.key_secret").is_file()
+
+
+CHECK = """
+protocol: script
+title: rig check
+steps:
+  - kind: present_block
+    block_id: check-0
+    repeats: 2
+    on_frames: 3
+    off_frames: 3
+    images:
+      - {source: normal, n_images: 8, condition: normal, seed: 11}
+      - {source: gaudy, n_images: 8}
+  - kind: wait_for_counts
+    block_id: check-0
+  - kind: analyse
+    analysis: percent_change
+    name: gaudy_vs_normal
+    blocks: [check-0]
+    conditions: [gaudy]
+    baseline: normal
+"""
+
+
+def test_run_a_protocol_on_embedded_defaults(tmp_path: Path) -> None:
+    from controller.store import SessionReader
+    from wire.documents import ResponseDoc, StepDoc
+
+    proto = tmp_path / "check.yaml"
+    proto.write_text(CHECK)
+    result = runner.invoke(app, ["run", str(proto), "--out", str(tmp_path / "out"), "--session-id", "s1"])
+    assert result.exit_code == 0, result.output
+    assert "success: 32 trials with counts" in result.output
+    with SessionReader(tmp_path / "out" / "s1.h5") as r:
+        docs = list(r.documents())
+    assert sum(isinstance(d, ResponseDoc) for d in docs) == 32
+    analysis = next(d for d in docs if isinstance(d, StepDoc) and d.step["kind"] == "analyse")
+    assert analysis.result["comparisons"][0]["condition"] == "gaudy"
+    assert (tmp_path / "out" / "bus-operator.json").stat().st_mode & 0o077 == 0
+    again = runner.invoke(app, ["run", str(proto), "--out", str(tmp_path / "out"), "--session-id", "s1"])
+    assert again.exit_code != 0 and "--resume" in str(again.exception)
+
+
+def test_simulate_prints_steps(tmp_path: Path) -> None:
+    proto = tmp_path / "check.yaml"
+    proto.write_text(CHECK)
+    result = runner.invoke(app, ["simulate", str(proto)])
+    assert result.exit_code == 0, result.output
+    assert "present_block" in result.output or "check-0" in result.output
+
+
+def test_run_reports_every_protocol_problem(tmp_path: Path) -> None:
+    proto = tmp_path / "bad.yaml"
+    proto.write_text("protocol: script\nsteps:\n  - kind: present_block\n    block_id: ''\n    repeats: 0\n")
+    result = runner.invoke(app, ["run", str(proto), "--out", str(tmp_path)])
+    assert result.exit_code != 0
+    text = str(result.exception)
+    assert "3 problem(s)" in text and "bad.yaml:5:5: steps[0].repeats" in text

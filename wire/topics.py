@@ -20,6 +20,7 @@ ACL lets only operator accounts publish under ``cmd/`` (see ``docs/mqtt.md``).
 
 from __future__ import annotations
 
+import json
 import re
 import time
 from typing import Annotated, Literal
@@ -210,14 +211,19 @@ def decode_command(topic: str, payload: bytes | str, rig: str) -> PauseCommand |
     if cls is None:
         raise DecodeError(f"unknown command {name!r} on {topic!r}; known: {', '.join(COMMAND_NAMES)}")
     raw = payload.encode() if isinstance(payload, str) else bytes(payload)
-    if not raw.strip():
-        raw = b"{}"
     try:
-        cmd = _COMMAND_ADAPTER.validate_json(raw) if b'"kind"' in raw else cls.model_validate_json(raw)
+        data = json.loads(raw) if raw.strip() else {}
+    except ValueError as exc:
+        raise DecodeError(f"invalid {name} command: not JSON ({exc})") from exc
+    if not isinstance(data, dict):
+        raise DecodeError(f"invalid {name} command: expected a JSON object, got {type(data).__name__}")
+    try:
+        cmd = _COMMAND_ADAPTER.validate_python(data) if "kind" in data else cls.model_validate(data)
     except ValidationError as exc:
         raise DecodeError(f"invalid {name} command: {exc.errors(include_url=False)}") from exc
     if not isinstance(cmd, cls):
-        raise DecodeError(f"payload kind {cmd.kind!r} does not match topic {topic!r}")
+        raise DecodeError(f"payload {type(cmd).__name__} does not match topic {topic!r}")
+    assert isinstance(cmd, PauseCommand | ResumeCommand | AbortCommand)
     return cmd
 
 

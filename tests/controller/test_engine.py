@@ -186,3 +186,25 @@ async def test_resume_continues_at_first_trial_without_counts(tmp_path: Path, ki
     assert len(responses) == len(set(responses)) == 24  # nothing lost, nothing twice
     assert before <= set(responses)
     assert sum(isinstance(d, StepDoc) for d in docs) == 4
+
+
+async def test_modelserver_down_runs_the_fallback_labelled_as_such(tmp_path: Path) -> None:
+    from wire.documents import BlockDoc, PickDoc
+
+    def plan():
+        yield PresentBlock(block_id="b0", images=[
+            ImageSet(source="normal", n_images=4, condition="normal"),
+            ImageSet(source="maximize_synth", n_images=2, params={"neurons": [0, 1, 2]}, fallback="pool_random",
+                     timeout_s=2)], repeats=1, on_frames=3, off_frames=3)
+        yield WaitForCounts(block_id="b0", timeout_s=10)
+
+    path = tmp_path / "fb.h5"
+    stop = await run_session(path, plan())
+    assert stop.exit_status == "success", stop.reason
+    with SessionReader(path) as r:
+        docs = list(r.documents())
+    block = next(d for d in docs if isinstance(d, BlockDoc))
+    conds = [c for _, _, c in block.params["trials"]]
+    assert conds.count("maximize_synth/fallback") == 6 and conds.count("normal") == 4  # 2 per neuron x 3
+    assert block.fallback and any(isinstance(d, EventDoc) and d.what == "fallback" for d in docs)
+    assert sum(isinstance(d, PickDoc) and d.generator == "fallback:pool_random" for d in docs) == 6

@@ -1,0 +1,59 @@
+"""The bus interface every implementation (MQTT, in-process fake) provides."""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator
+from types import TracebackType
+from typing import Protocol, runtime_checkable
+
+from wire.topics import AbortCommand, BusMessage, PauseCommand, ResumeCommand, Topics
+
+Command = PauseCommand | ResumeCommand | AbortCommand
+
+
+@runtime_checkable
+class Bus(Protocol):
+    """The controller's side of the MQTT bus.
+
+    An async context manager: entering connects (and subscribes to the rig's commands),
+    leaving disconnects; a refused connection raises :class:`wire.errors.BusError`.
+    ``publish`` sends a status or event on its topic (``Topics.for_message``); ``commands``
+    iterates the operator's validated commands (an invalid one is answered with a
+    ``command.rejected`` :class:`~wire.topics.SessionEvent` and skipped).
+    """
+
+    rig: str
+    topics: Topics
+
+    async def __aenter__(self) -> Bus: ...
+
+    async def __aexit__(self, exc_type: type[BaseException] | None, exc: BaseException | None,
+                        tb: TracebackType | None) -> None: ...
+
+    async def publish(self, msg: BusMessage) -> None: ...
+
+    def commands(self) -> AsyncIterator[Command]: ...
+
+
+def topic_matches(pattern: str, topic: str) -> bool:
+    """MQTT filter matching (``+`` one level, ``#`` the rest)."""
+    p, t = pattern.split("/"), topic.split("/")
+    for i, level in enumerate(p):
+        if level == "#":
+            return True
+        if i >= len(t) or (level != "+" and level != t[i]):
+            return False
+    return len(p) == len(t)
+
+
+def filter_within(requested: str, allowed: str) -> bool:
+    """Whether the topic or filter ``requested`` is covered by the ACL filter ``allowed``."""
+    if "+" not in requested and "#" not in requested:
+        return topic_matches(allowed, requested)
+    r, a = requested.split("/"), allowed.split("/")
+    for i, level in enumerate(a):
+        if level == "#":
+            return True
+        if i >= len(r) or r[i] == "#" or (level != "+" and (r[i] == "+" or level != r[i])):
+            return False
+    return len(r) == len(a)
