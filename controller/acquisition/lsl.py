@@ -1,0 +1,189 @@
+"""Lab Streaming Layer source: a spike-event stream and (optionally) a marker/sync stream.
+
+Conventions (``wire.acq``): the spike stream has one channel, irregular rate, one sample
+per spike whose LSL timestamp is the spike time and whose value is the unit (an int32
+index, or a string label); the marker stream has one string channel whose samples are
+``"<channel> <state>"`` (a bare label is a rising edge of that channel).
+
+Streams are resolved by name and/or type with a timeout; an unknown stream is an
+:class:`~wire.errors.AcquisitionError` naming the streams that *are* visible. Every
+timestamp is moved into the local clock with the inlet's ``time_correction()`` (refreshed
+every ``correction_interval`` s), so times are on this machine's ``pylsl.local_clock()``
+(= ``wire.clock.now()``). A reader thread pulls numpy chunks and hands them to the event
+loop; while the streams are idle it emits :class:`Heartbeat` ``local_clock() - max_delay``
+(the rig is assumed to deliver every event within ``max_delay`` s).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import threading
+from collections.abc import AsyncIterator
+from typing import Any
+
+import numpy as np
+import pylsl
+
+from controller.acquisition.base import AcquisitionSource, Heartbeat, Item, SpikeBatch, SyncEvent
+from wire.acq import LSL_MARKER_NAME, LSL_MARKER_TYPE, LSL_SPIKE_NAME, LSL_SPIKE_TYPE
+from wire.errors import AcquisitionError
+
+log = logging.getLogger(__name__)
+
+__all__ = ["LslSource", "parse_marker", "resolve_stream"]
+
+
+def parse_marker(text: str, t: float) -> SyncEvent:
+    """``"photodiode 1"`` -> SyncEvent("photodiode", t, 1); ``"start"`` -> SyncEvent("start", t, 1)."""
+    head, _, tail = text.strip().rpartition(" ")
+    if head and tail.lstrip("-").isdigit():
+        return SyncEvent(head, t, int(tail))
+    return SyncEvent(text.strip(), t, 1)
+
+
+def _describe(info: Any) -> str:
+    return f"{info.name()!r} (type {info.type()!r}, {info.channel_count()} ch, source {info.source_id()!r})"
+
+
+def resolve_stream(name: str | None, stype: str | None, timeout: float) -> Any:
+    """The one stream with this name and/or type, or AcquisitionError listing what is visible."""
+    if not name and not stype:
+        raise AcquisitionError("an LSL stream needs a name or a type to be resolved")
+    pred = " and ".join(f"{k}='{v}'" for k, v in (("name", name), ("type", stype)) if v)
+    found = pylsl.resolve_bypred(pred, 1, timeout)
+    if not found:
+        visible = pylsl.resolve_streams(wait_time=min(1.0, timeout))
+        names = ", ".join(_describe(i) for i in visible) or "none"
+        raise AcquisitionError(f"no LSL stream with {pred} within {timeout:g} s; visible streams: {names}")
+    if len(found) > 1:
+        log.warning("%d LSL streams match %s; using %s", len(found), pred, _describe(found[0]))
+    return found[0]
+
+
+_DTYPES: dict[int, Any] = {pylsl.cf_float32: np.float32, pylsl.cf_double64: np.float64, pylsl.cf_int8: np.int8,
+                           pylsl.cf_int16: np.int16, pylsl.cf_int32: np.int32, pylsl.cf_int64: np.int64}
+
+
+class _Inlet:
+    def __init__(self, info: Any, open_timeout: float) -> None:
+        self.info = info
+        self.inlet = pylsl.StreamInlet(info, max_buflen=60, recover=True)
+        try:
+            self.inlet.open_stream(timeout=open_timeout)
+        except pylsl.TimeoutError as exc:
+            raise AcquisitionError(f"LSL stream {_describe(info)} did not open within {open_timeout:g} s") from exc
+        self.numeric = info.channel_format() != pylsl.cf_string
+        self.correction = self.inlet.time_correction(timeout=open_timeout)
+        # pull_chunk writes the stream's own sample type into dest_obj: the buffer must match it
+        dtype = _DTYPES.get(info.channel_format())
+        if self.numeric and dtype is None:
+            raise AcquisitionError(f"LSL stream {_describe(info)} has an unsupported channel format")
+        self.buf = np.empty((4096, info.channel_count()), dtype=dtype) if self.numeric else None
+
+    def refresh_correction(self) -> None:
+        try:
+            self.correction = self.inlet.time_correction(timeout=0.5)
+        except pylsl.TimeoutError:
+            log.warning("LSL time correction of %s timed out; keeping %.6f s", self.info.name(), self.correction)
+
+    def pull(self, timeout: float) -> tuple[Any, np.ndarray]:
+        if self.buf is not None:
+            _, ts = self.inlet.pull_chunk(timeout=timeout, max_samples=self.buf.shape[0], dest_obj=self.buf)
+            n = len(ts)
+            return self.buf[:n, 0].copy(), np.asarray(ts, dtype=np.float64) + self.correction
+        data, ts = self.inlet.pull_chunk(timeout=timeout, max_samples=4096)
+        return [row[0] for row in data], np.asarray(ts, dtype=np.float64) + self.correction
+
+    def close(self) -> None:
+        self.inlet.close_stream()
+
+
+class LslSource(AcquisitionSource):
+    """Spikes (and sync markers) from LSL. ``marker_name=marker_type=None`` skips the marker stream."""
+
+    name = "lsl"
+
+    def __init__(self, *, spike_name: str | None = LSL_SPIKE_NAME, spike_type: str | None = LSL_SPIKE_TYPE,
+                 marker_name: str | None = LSL_MARKER_NAME, marker_type: str | None = LSL_MARKER_TYPE,
+                 resolve_timeout: float = 5.0, silence_timeout: float | None = 5.0, max_delay: float = 1.0,
+                 correction_interval: float = 5.0, poll: float = 0.02) -> None:
+        super().__init__(silence_timeout=silence_timeout)
+        self._spec = (spike_name, spike_type, marker_name, marker_type)
+        self.resolve_timeout = resolve_timeout
+        self.max_delay = max_delay
+        self.correction_interval = correction_interval
+        self.poll = poll
+        self._spikes: _Inlet | None = None
+        self._markers: _Inlet | None = None
+        self._queue: asyncio.Queue[Item | BaseException] = asyncio.Queue()
+        self._stop = threading.Event()
+        self._thread: threading.Thread | None = None
+
+    @property
+    def time_correction(self) -> float:
+        """The spike stream's current LSL time correction (s, added to its timestamps)."""
+        return self._spikes.correction if self._spikes else 0.0
+
+    async def open(self) -> None:
+        sname, stype, mname, mtype = self._spec
+        info = await asyncio.to_thread(resolve_stream, sname, stype, self.resolve_timeout)
+        self._spikes = await asyncio.to_thread(_Inlet, info, self.resolve_timeout)
+        if mname or mtype:
+            minfo = await asyncio.to_thread(resolve_stream, mname, mtype, self.resolve_timeout)
+            self._markers = await asyncio.to_thread(_Inlet, minfo, self.resolve_timeout)
+        loop = asyncio.get_running_loop()
+        self._stop.clear()
+        self._thread = threading.Thread(target=self._run, args=(loop,), name="lsl-reader", daemon=True)
+        self._thread.start()
+        log.info("LSL source: spikes from %s%s, time correction %.6f s", _describe(info),
+                 f", markers from {_describe(self._markers.info)}" if self._markers else "", self.time_correction)
+
+    async def close(self) -> None:
+        self._stop.set()
+        if self._thread is not None:
+            await asyncio.to_thread(self._thread.join, 5.0)
+            self._thread = None
+        for inlet in (self._spikes, self._markers):
+            if inlet is not None:
+                inlet.close()
+        self._spikes = self._markers = None
+
+    def _run(self, loop: asyncio.AbstractEventLoop) -> None:
+        assert self._spikes is not None
+        put = self._queue.put_nowait
+        next_correction = pylsl.local_clock() + self.correction_interval
+        try:
+            while not self._stop.is_set():
+                got = False
+                if self._markers is not None:
+                    labels, mts = self._markers.pull(0.0)
+                    for label, t in zip(labels, mts.tolist(), strict=True):
+                        loop.call_soon_threadsafe(put, parse_marker(str(label), t))
+                        got = True
+                units, ts = self._spikes.pull(self.poll)
+                if ts.size:
+                    u = units.astype(np.int64) if isinstance(units, np.ndarray) else np.asarray(units, dtype=object)
+                    loop.call_soon_threadsafe(put, SpikeBatch(u, ts))
+                    got = True
+                if not got:
+                    loop.call_soon_threadsafe(put, Heartbeat(pylsl.local_clock() - self.max_delay))
+                if pylsl.local_clock() >= next_correction:
+                    for inlet in (self._spikes, self._markers):
+                        if inlet is not None:
+                            inlet.refresh_correction()
+                    next_correction = pylsl.local_clock() + self.correction_interval
+        except Exception as exc:  # a dead inlet: hand the error to the consumer, never die silently
+            log.exception("LSL reader failed")
+            err = AcquisitionError(f"LSL reader failed: {type(exc).__name__}: {exc}")
+            err.__cause__ = exc
+            loop.call_soon_threadsafe(put, err)
+
+    async def _items(self) -> AsyncIterator[Item]:
+        if self._thread is None:
+            raise AcquisitionError("LslSource used before open() (use 'async with LslSource(...)')")
+        while True:
+            item = await self._queue.get()
+            if isinstance(item, BaseException):
+                raise item
+            yield item

@@ -1,0 +1,184 @@
+"""The virtual rig: watches the stimserver's trial events and spikes through LSL like a real rig.
+
+Data flow::
+
+    controller --rig.load_images (RPC, pixels)--> rig: rates[image_id] = model(pixels)
+    stimserver --stim.trial (TrialEvent, PUB)-->   rig: schedule the driven response
+    rig --LSL "cortexloop-spikes" (int32 unit, timestamp = spike time)--> controller
+    rig --LSL "cortexloop-sync"   ("photodiode 1" at each onset, "photodiode 0" at offset)-->
+
+Images reach the rig by its own small RPC (``wire.acq.RigLoadImages``): the controller
+sends the pixels it loads into the stimserver, the rig computes each image's rates once and
+keys them by the content hash that TrialEvents carry. Nothing else is shared: rates and
+models (the ground truth) never leave the process.
+
+A TrialEvent is published at the trial's *offset*, after the driven response began, so the
+rig streams with a fixed ``delay``: it emits the spikes of ``[.., now - delay)`` every
+``tick``. ``delay`` must exceed the longest ON time minus the latency (default 0.3 s), like
+the buffering latency of a real acquisition system; a trial that comes later is counted in
+``trials_too_late``. ``clock`` simulates a rig clock different from the stimulus clock
+(offset and drift); LSL's time correction cannot see it, a photodiode sync can.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+
+import numpy as np
+import pylsl
+
+from controller.acquisition.clock import ClockMap
+from virtualrig.rates import RateModel
+from virtualrig.spikes import ResponseParams, SpikeSynth
+from wire.acq import (
+    LSL_MARKER_NAME,
+    LSL_MARKER_TYPE,
+    LSL_SPIKE_NAME,
+    LSL_SPIKE_TYPE,
+    RigImagesLoaded,
+    RigLoadImages,
+    RigStatus,
+    RigStatusReply,
+)
+from wire.base import image_id
+from wire.errors import InvalidRequest, RequestTimeout
+from wire.stim import STIM_TRIAL_TOPIC, TrialEvent
+from wire.transport import EventSubscriber, RpcServer
+
+log = logging.getLogger(__name__)
+
+__all__ = ["VirtualRig"]
+
+
+class VirtualRig:
+    """``async with VirtualRig(model, stim_events=...) as rig:`` serves until the context exits."""
+
+    def __init__(self, model: RateModel, *, stim_events: str, rpc: str = "tcp://127.0.0.1:0",
+                 params: ResponseParams | None = None, delay: float = 0.3, tick: float = 0.01,
+                 clock: ClockMap | None = None, seed: int | None = None, spike_name: str = LSL_SPIKE_NAME,
+                 sync_name: str = LSL_MARKER_NAME, sync_channel: str = "photodiode") -> None:
+        if delay <= 0 or tick <= 0:
+            raise InvalidRequest("delay and tick must be > 0")
+        self.model = model
+        self.stim_events = stim_events
+        self.params = params or ResponseParams()
+        self.delay = delay
+        self.tick = tick
+        self.clock = clock or ClockMap.identity()
+        self.spike_name = spike_name
+        self.sync_name = sync_name
+        self.sync_channel = sync_channel
+        self._rates: dict[str, np.ndarray] = {}
+        self._synth = SpikeSynth(model.n_units, self.params, seed=seed, start=pylsl.local_clock() - delay)
+        self._markers: list[tuple[float, str]] = []
+        self._server = RpcServer(rpc, {RigLoadImages: self._load, RigStatus: self._status}, name="virtualrig")
+        self._sub: EventSubscriber | None = None
+        self._tasks: list[asyncio.Task[None]] = []
+        self._spike_out: pylsl.StreamOutlet | None = None
+        self._sync_out: pylsl.StreamOutlet | None = None
+        self.trials_seen = 0
+        self.trials_unknown_image = 0
+        self.trials_too_late = 0
+
+    @property
+    def endpoint(self) -> str:
+        return self._server.endpoint
+
+    # --- RPC ---------------------------------------------------------------------------------
+    async def _load(self, cmd: RigLoadImages) -> RigImagesLoaded:
+        imgs = cmd.images
+        if imgs.ndim == 3:
+            imgs = imgs[None]
+        if imgs.ndim != 4 or imgs.shape[-1] != 3 or imgs.dtype != np.uint8:
+            raise InvalidRequest(f"images must be uint8 (N, H, W, 3), got {imgs.dtype} {imgs.shape}")
+        ids = [image_id(im) for im in imgs]
+        new = [i for i, k in enumerate(ids) if k not in self._rates]
+        if new:
+            rates = await asyncio.to_thread(self.model.rates, np.ascontiguousarray(imgs[new]))
+            for i, r in zip(new, rates, strict=True):
+                self._rates[ids[i]] = r
+        log.info("rig: %d image(s) loaded (%d new), %d known", len(ids), len(new), len(self._rates))
+        return RigImagesLoaded(image_ids=ids, n_known=len(self._rates))
+
+    async def _status(self, _cmd: RigStatus) -> RigStatusReply:
+        return RigStatusReply(n_units=self.model.n_units, n_images=len(self._rates), trials_seen=self.trials_seen,
+                              trials_unknown_image=self.trials_unknown_image, trials_too_late=self.trials_too_late,
+                              spike_stream=self.spike_name, sync_stream=self.sync_name)
+
+    # --- trial events ---------------------------------------------------------------------------
+    def on_trial(self, ev: TrialEvent) -> None:
+        """Schedule one trial's response (also usable without the event stream)."""
+        self.trials_seen += 1
+        rates = self._rates.get(ev.image_id)
+        if rates is None:
+            self.trials_unknown_image += 1
+            log.warning("rig: trial %s shows image %s that was never loaded: baseline only", ev.trial_id,
+                        ev.image_id)
+        if not self._synth.add_trial(ev.onset, ev.offset, rates):
+            self.trials_too_late += 1
+            log.warning("rig: trial %s arrived after its response began streaming (delay %.3f s too short)",
+                        ev.trial_id, self.delay)
+        self._markers += [(ev.onset, f"{self.sync_channel} 1"), (ev.offset, f"{self.sync_channel} 0")]
+        self._markers.sort()
+
+    async def _listen(self) -> None:
+        assert self._sub is not None
+        async for ev in self._sub:
+            if isinstance(ev, TrialEvent):
+                self.on_trial(ev)
+
+    # --- streaming ------------------------------------------------------------------------------
+    def emit(self, until: float) -> int:
+        """Push every spike and marker before local time ``until``; returns the number of spikes."""
+        assert self._spike_out is not None and self._sync_out is not None
+        units, times = self._synth.emit(until)
+        k = 0
+        while k < len(self._markers) and self._markers[k][0] < until:
+            t, label = self._markers[k]
+            self._sync_out.push_sample([label], float(self.clock.to_acq(t)))
+            k += 1
+        del self._markers[:k]
+        if units.size:
+            stamps = np.asarray(self.clock.to_acq(times), dtype=np.float64)
+            for i in range(0, units.size, 4096):
+                self._spike_out.push_chunk(units[i:i + 4096, None], stamps[i:i + 4096].tolist())
+        return int(units.size)
+
+    async def _stream(self) -> None:
+        while True:
+            self.emit(pylsl.local_clock() - self.delay)
+            await asyncio.sleep(self.tick)
+
+    async def __aenter__(self) -> VirtualRig:
+        info = pylsl.StreamInfo(self.spike_name, LSL_SPIKE_TYPE, 1, pylsl.IRREGULAR_RATE, "int32",
+                                f"{self.spike_name}@virtualrig")
+        info.desc().append_child_value("n_units", str(self.model.n_units))
+        self._spike_out = pylsl.StreamOutlet(info, chunk_size=0, max_buffered=60)
+        self._sync_out = pylsl.StreamOutlet(pylsl.StreamInfo(self.sync_name, LSL_MARKER_TYPE, 1,
+                                                             pylsl.IRREGULAR_RATE, "string",
+                                                             f"{self.sync_name}@virtualrig"))
+        await self._server.start()
+        self._sub = EventSubscriber(self.stim_events, [TrialEvent], topics=[STIM_TRIAL_TOPIC])
+        self._tasks = [asyncio.create_task(self._listen(), name="rig-listen"),
+                       asyncio.create_task(self._stream(), name="rig-stream")]
+        log.info("virtual rig: %d units, rpc %s, trials from %s, LSL %r/%r", self.model.n_units, self.endpoint,
+                 self.stim_events, self.spike_name, self.sync_name)
+        return self
+
+    async def __aexit__(self, *exc: object) -> None:
+        for t in self._tasks:
+            t.cancel()
+        for t in self._tasks:
+            with contextlib.suppress(asyncio.CancelledError, RequestTimeout):
+                await t
+        self._tasks = []
+        if self._sub is not None:
+            self._sub.close()
+            self._sub = None
+        await self._server.stop()
+        self._spike_out = self._sync_out = None  # outlets close when released
+
+    async def serve_forever(self) -> None:
+        await asyncio.gather(*self._tasks)
