@@ -193,12 +193,17 @@ class Engine:
         self._abort_reason = ""
         self._acq_error: AcquisitionError | None = None
         self._listeners: list[StatusListener] = []
+        self._image_listeners: list[Callable[[list[str], list[np.ndarray]], Awaitable[None]]] = []
         self._operator: asyncio.Future[OperatorResult] | None = None
         self.session.on_change(lambda old, new: self._status("session", {"from": old.value, "state": new.value}))
 
     # -- listeners (the MQTT bus, the terminal) ---------------------------------------------------
     def on_status(self, listener: StatusListener) -> None:
         self._listeners.append(listener)
+
+    def on_images(self, listener: Callable[[list[str], list[np.ndarray]], Awaitable[None]]) -> None:
+        """Called with the images of each block before it is shown (a virtual rig computes its rates)."""
+        self._image_listeners.append(listener)
 
     def _status(self, topic: str, payload: dict[str, Any]) -> None:
         payload = {"session_id": self.config.session_id, **payload}
@@ -486,6 +491,8 @@ class Engine:
             need = list(dict.fromkeys(r.image_id for r in todo))
             try:
                 await self.stim.load(need, [self.pixels[i] for i in need])
+                for listener in self._image_listeners:
+                    await listener(need, [self.pixels[i] for i in need])
                 if block.state.state is BlockState.PREPARING:
                     block.state.to(BlockState.PRESENTING)
                 await self._present_segment(block, todo, attempt)
@@ -668,7 +675,7 @@ class Engine:
     def trial_data(self, blocks: list[str] | None = None) -> tuple[TrialData, list[str]]:
         """Counts of every trial with counts (of ``blocks``): (TrialData, image id per trial)."""
         recs = [r for r in self.trials.values() if r.counts is not None and (blocks is None or r.block_id in blocks)]
-        units = list(dict.fromkeys(u for r in recs if r.counts for u in r.counts.units))
+        units = sorted({u for r in recs if r.counts for u in r.counts.units}, key=_natural_key)
         col = {u: j for j, u in enumerate(units)}
         counts = np.full((len(recs), len(units)), np.nan)
         for i, r in enumerate(recs):
@@ -695,6 +702,11 @@ class Engine:
             self._abort = True
             self._abort_reason = result.reason or "operator"
         return result
+
+
+def _natural_key(unit: str) -> tuple[int, str]:
+    """Unit "2" before unit "10"; named units after numbered ones (the modelserver's neuron order)."""
+    return (int(unit), "") if unit.isdigit() else (1 << 62, unit)
 
 
 def _stable_seed(*parts: object) -> int:

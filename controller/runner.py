@@ -113,6 +113,9 @@ async def open_session(cfg: RunConfig, *, name: str, resume: bool = False,
                                                         lateness=cfg.acquisition.lateness)),
                             images=images, models=models)
             engine.source = build_source(cfg, events, lambda i: engine.pixels[i])
+            prepare = getattr(engine.source, "prepare", None)
+            if prepare is not None:  # the virtual rig computes its rates before each block
+                engine.on_images(prepare)
             if docs:
                 engine.resume_from(docs)
             yield Session(engine, store, path)

@@ -64,6 +64,13 @@ class LoopbackRig(AcquisitionSource):
             self._sub.close()
             self._sub = None
 
+    async def prepare(self, ids: list[str], pixels: list[np.ndarray]) -> None:
+        """Compute the rates of images about to be shown, batched, off the event loop."""
+        new = [(i, p) for i, p in zip(ids, pixels, strict=True) if i not in self._rates]
+        if new:
+            rates = await asyncio.to_thread(self.model.rates, np.stack([p for _, p in new]))
+            self._rates.update((i, r) for (i, _), r in zip(new, rates, strict=True))
+
     def rates_of(self, image_id: str) -> np.ndarray:
         if image_id not in self._rates:
             self._rates[image_id] = self.model.rates(self.pixels(image_id)[None])[0]

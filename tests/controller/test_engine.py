@@ -46,6 +46,7 @@ async def run_session(path: Path, plan, *, lib: ImageLibrary | None = None, mode
                 engine = Engine(EngineConfig(session_id=path.stem, seed=5), store=store, stim=stim, source=rig,
                                 binner=Binner(BinningConfig(window=(0.05, 0.15))), images=lib)
                 engine.pixels = pixels
+                engine.on_images(rig.prepare)
                 if engine_hook is not None:
                     engine_hook(engine)
                 await rig.open()
