@@ -1,0 +1,104 @@
+"""The modelserver's generation context: its trained ensembles as the generators' models.
+
+Generators (``modelserver.generate``) take *preprocessed* 112x112 images (raw RGB minus the
+channel means, ``modelserver.compact.preprocess``) and a model mapping them to (N, neurons), or
+an ensemble mapping them to (members, N, neurons). The ensemble reads its own input (scaled,
+resized); :class:`EnsembleView` does that conversion differentiably, so gradient ascent and
+adversarial steps run through the ensemble as they run through a compact model.
+
+Model ids name a session's neurons in a model version: ``"<session>"`` (the current version) or
+``"<version>/<session>"``. Pools live in ``<data_dir>/pools/<name>.h5``.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+import numpy as np
+import torch
+from torch.nn import functional as F
+
+from modelserver.ensemble import DeepEnsemble
+from modelserver.generate.pool import package_sample_images, v4_images
+from wire.errors import InvalidRequest, ModelError, NotFound
+
+if TYPE_CHECKING:
+    from modelserver.server import ModelServer
+
+
+class EnsembleView(torch.nn.Module):
+    """One session of a :class:`DeepEnsemble` on preprocessed 112x112 input.
+
+    ``members=False``: (N, neurons), the members' mean; ``members=True``: (members, N, neurons).
+    """
+
+    def __init__(self, ensemble: DeepEnsemble, session: str, *, members: bool = False) -> None:
+        super().__init__()
+        if ensemble.frontend is not None:
+            raise ModelError("generation through a frozen pretrained front end is not supported; "
+                             "use an ensemble trained without one")
+        if session not in ensemble.sessions:
+            raise NotFound(f"the model has no session {session!r}; it has {ensemble.sessions}")
+        self.ensemble = ensemble.eval()
+        self.session = session
+        self.members = members
+        self.n_neurons = ensemble.session_neurons.get(session) or int(
+            ensemble(torch.zeros(1, *self._probe_shape()), session).shape[-1])
+
+    def _probe_shape(self) -> tuple[int, int, int]:
+        s = self.ensemble.config.input_size
+        return (3, s, s)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        ens = self.ensemble
+        z = x / 64.0  # preprocess() already subtracted the channel means
+        size = ens.config.input_size
+        if z.shape[-1] != size:
+            z = F.interpolate(z, size=(size, size), mode="area")
+        if ens.fixed is not None:
+            z = ens.fixed(z)
+        out = ens(z, self.session)  # (N, members, neurons)
+        return out.permute(1, 0, 2) if self.members else out.mean(1)
+
+
+class ServerGenerationContext:
+    """:class:`modelserver.generate.handlers.GenerationContext` over a running ModelServer."""
+
+    def __init__(self, server: ModelServer, v4_dir: Path | None = None) -> None:
+        self.server = server
+        self.device: torch.device | str = server.device
+        self.v4_dir = v4_dir
+        self.pool_dir = Path(server.data_dir) / "pools"
+        self.pool_dir.mkdir(parents=True, exist_ok=True)
+
+    def _ensemble(self, model_id: str) -> tuple[DeepEnsemble, str]:
+        version, _, session = model_id.rpartition("/")
+        if version:
+            ens = self.server._read_version(version)
+        else:
+            if self.server.model is None:
+                raise NotFound("no model has been trained yet")
+            ens = self.server.model
+        return ens, session
+
+    def response_model(self, model_id: str) -> EnsembleView:
+        ens, session = self._ensemble(model_id)
+        return EnsembleView(ens, session)
+
+    def ensemble(self, ensemble_id: str) -> EnsembleView:
+        ens, session = self._ensemble(ensemble_id)
+        return EnsembleView(ens, session, members=True)
+
+    def pool_path(self, name: str, create: bool = False) -> Path:
+        if not name or name.startswith(".") or not all(c.isalnum() or c in "-_." for c in name):
+            raise InvalidRequest(f"bad pool name {name!r}")
+        path = self.pool_dir / f"{name}.h5"
+        if not create and not path.is_file():
+            raise NotFound(f"no pool {name!r} in {self.pool_dir}")
+        return path
+
+    def natural_sources(self) -> list[np.ndarray]:
+        src = list(v4_images(self.v4_dir)) if self.v4_dir is not None else []
+        return src + package_sample_images()
+

@@ -1,0 +1,72 @@
+"""Artificial dot stimuli varying in dot size, location and number (uniform background).
+
+For every (radius, count) condition, ``per_condition`` images with dots at random,
+non-overlapping locations inside the image. Given a model and neurons, each image is
+scored (response of each neuron) and the provenance records the best neuron's response.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import numpy as np
+import torch
+
+from modelserver.compact import preprocess
+from modelserver.generate.models import Generated, Pick, ResponseModel, check_neurons, model_name
+from wire.errors import InvalidRequest
+
+
+def _place(rng: np.random.Generator, count: int, radius: float, size: int, tries: int = 2000
+           ) -> list[tuple[float, float]]:
+    centers: list[tuple[float, float]] = []
+    for _ in range(tries):
+        if len(centers) == count:
+            break
+        c = (float(rng.uniform(radius, size - radius)), float(rng.uniform(radius, size - radius)))
+        if all((c[0] - a) ** 2 + (c[1] - b) ** 2 >= (2 * radius + 1) ** 2 for a, b in centers):
+            centers.append(c)
+    if len(centers) < count:
+        raise InvalidRequest(f"cannot place {count} dots of radius {radius} in a {size}-pixel image")
+    return centers
+
+
+def dot_stimuli(radii: Sequence[float] = (3, 6, 12), counts: Sequence[int] = (1, 2, 4, 8),
+                per_condition: int = 4, seed: int = 0, size: int = 112,
+                background: Sequence[int] = (128, 128, 128), color: Sequence[int] = (255, 255, 255),
+                model: ResponseModel | None = None, neurons: Sequence[int] | None = None,
+                device: torch.device | str = "cpu") -> Generated:
+    """Dot images for every (radius, count) condition; with ``model``, scored for ``neurons``."""
+    if per_condition < 1 or not radii or not counts or min(counts) < 1 or min(radii) <= 0:
+        raise InvalidRequest("need positive radii, counts >= 1 and per_condition >= 1")
+    rng = np.random.default_rng(seed)
+    yy, xx = np.mgrid[0:size, 0:size].astype(np.float64) + 0.5
+    images, meta = [], []
+    for r in radii:
+        for c in counts:
+            for _ in range(per_condition):
+                centers = _place(rng, int(c), float(r), size)
+                mask = np.zeros((size, size), dtype=bool)
+                for cy, cx in centers:
+                    mask |= (yy - cy) ** 2 + (xx - cx) ** 2 <= r * r
+                img = np.empty((size, size, 3), dtype=np.uint8)
+                img[:] = np.asarray(background, dtype=np.uint8)
+                img[mask] = np.asarray(color, dtype=np.uint8)
+                images.append(img)
+                cy, cx = np.mean(centers, axis=0)
+                meta.append({"radius": float(r), "count": float(c), "center_y": float(cy), "center_x": float(cx)})
+    stack = np.stack(images)
+    name = "none"
+    best_n: list[int | None] = [None] * len(stack)
+    best_s = [float("nan")] * len(stack)
+    if model is not None:
+        cols = check_neurons(neurons if neurons is not None else range(model.n_neurons), model.n_neurons)
+        with torch.no_grad():
+            out = torch.cat([model(preprocess(stack[s: s + 128], device=device))[:, cols].cpu()
+                             for s in range(0, len(stack), 128)])
+        arg = out.argmax(1)
+        best_n = [cols[int(a)] for a in arg]
+        best_s = [float(out[i, a]) for i, a in enumerate(arg)]
+        name = model_name(model)
+    picks = [Pick("dots", name, best_n[i], best_s[i], f"dots:seed{seed}:{i}", meta[i]) for i in range(len(stack))]
+    return Generated(stack, picks)

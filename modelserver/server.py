@@ -1,0 +1,349 @@
+"""The model server: one dispatch table over ``wire.model`` commands.
+
+* ``ingest`` appends to the persistent :class:`~modelserver.dataset.TrainingSet` (flushed before
+  the reply, so an acknowledged ingest survives a SIGKILL);
+* ``train`` starts a background job (a worker thread: torch releases the GIL) that fits the
+  :class:`~modelserver.ensemble.DeepEnsemble` and publishes ``TrainProgress`` / ``TrainDone``
+  events; ``status`` and ``predict`` keep answering meanwhile, from the current version;
+* every finished job is saved as a model version (``versions/<id>.pt``, tensors only), which
+  can be listed, loaded and exported.
+
+Image-generation commands plug in through ``extra_handlers`` (a dict CommandClass -> async
+handler); at start the server adds ``modelserver.generate.handlers.generation_handlers`` over a
+``modelserver.genctx.ServerGenerationContext`` where those modules exist (``generate=False`` to skip).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import json
+import logging
+import threading
+import time
+import uuid
+from collections.abc import Awaitable, Callable, Mapping
+from dataclasses import dataclass, field, replace
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+from modelserver.dataset import TrainingSet
+from modelserver.ensemble import DeepEnsemble, EnsembleConfig
+from wire.base import Message
+from wire.errors import Busy, InvalidRequest, ModelError, NotFound
+from wire.messages import Ok
+from wire.model import (
+    CancelTraining,
+    Exported,
+    ExportVersion,
+    Ingest,
+    Ingested,
+    JobStarted,
+    ListVersions,
+    LoadVersion,
+    Predict,
+    Prediction,
+    ServerStatus,
+    SessionSummary,
+    Status,
+    Train,
+    TrainDone,
+    TrainProgress,
+    VersionInfo,
+    Versions,
+)
+from wire.transport import EventPublisher, RpcServer
+
+log = logging.getLogger(__name__)
+
+Handler = Callable[[Any], Awaitable[Message]]
+
+__all__ = ["ModelServer", "ModelServerConfig", "serve"]
+
+
+@dataclass
+class ModelServerConfig:
+    data_dir: Path
+    endpoint: str = "tcp://127.0.0.1:5560"
+    events_endpoint: str = "tcp://127.0.0.1:5561"
+    device: str = "cpu"
+    threads: int | None = None
+    ensemble: EnsembleConfig = field(default_factory=EnsembleConfig)
+    generate: bool = True  # serve modelserver.generate's gen.* commands too
+    v4_dir: Path | None = None  # real V4 images for generation pools, where available
+
+
+class ModelServer:
+    """Owns the training set, the model versions and the training job. Use ``async with``."""
+
+    def __init__(self, config: ModelServerConfig,
+                 extra_handlers: Mapping[type[Message], Handler] | None = None) -> None:
+        self.config = config
+        self.device = torch.device(config.device)
+        if config.threads:
+            torch.set_num_threads(config.threads)
+        self.data_dir = Path(config.data_dir)
+        self.versions_dir = self.data_dir / "versions"
+        self.versions_dir.mkdir(parents=True, exist_ok=True)
+        self.dataset = TrainingSet(self.data_dir / "training_set.h5")
+        #: command class -> handler; image generation registers here (see module docstring)
+        self.extra_handlers: dict[type[Message], Handler] = dict(extra_handlers or {})
+        self._register_generate()
+        self.model: DeepEnsemble | None = None
+        self.version: str | None = None
+        self._model_lock = threading.Lock()
+        self._job: asyncio.Task[None] | None = None
+        self._job_id: str | None = None
+        self._job_info: dict[str, float] = {}
+        self._cancel = threading.Event()
+        self._rpc: RpcServer | None = None
+        self._pub: EventPublisher | None = None
+        latest = self._latest_version()
+        if latest is not None:
+            self._load(latest)
+
+    def _register_generate(self) -> None:
+        """The ``gen.*`` commands over this server's own models (``modelserver.genctx``)."""
+        from modelserver.genctx import ServerGenerationContext
+        from modelserver.generate.handlers import generation_handlers
+
+        for cls, h in generation_handlers(ServerGenerationContext(self, self.config.v4_dir)).items():
+            self.extra_handlers.setdefault(cls, h)
+
+    # --- lifecycle -----------------------------------------------------------------------
+    def handlers(self) -> dict[type[Message], Handler]:
+        base: dict[type[Message], Handler] = {
+            Ingest: self.ingest, Train: self.train, CancelTraining: self.cancel, Status: self.status,
+            Predict: self.predict, ListVersions: self.list_versions, LoadVersion: self.load_version,
+            ExportVersion: self.export_version,
+        }
+        return {**base, **self.extra_handlers}
+
+    async def start(self) -> None:
+        self._pub = EventPublisher(self.config.events_endpoint, name="modelserver-events")
+        self._rpc = RpcServer(self.config.endpoint, self.handlers(), name="modelserver")
+        await self._rpc.start()
+
+    @property
+    def endpoint(self) -> str:
+        assert self._rpc is not None
+        return self._rpc.endpoint
+
+    @property
+    def events_endpoint(self) -> str:
+        assert self._pub is not None
+        return self._pub.endpoint
+
+    async def wait_for_subscribers(self, n: int = 1, timeout: float = 5.0) -> None:
+        """Return once ``n`` event subscribers are connected (no sleeps as synchronisation)."""
+        assert self._pub is not None
+        await self._pub.wait_for_subscribers(n, timeout)
+
+    async def stop(self) -> None:
+        self._cancel.set()
+        if self._job is not None:
+            with contextlib.suppress(asyncio.CancelledError, Exception):
+                await self._job
+        if self._rpc is not None:
+            await self._rpc.stop()
+        if self._pub is not None:
+            self._pub.close()
+        self.dataset.close()
+
+    async def __aenter__(self) -> ModelServer:
+        await self.start()
+        return self
+
+    async def __aexit__(self, *exc: object) -> None:
+        await self.stop()
+
+    async def serve_forever(self) -> None:
+        assert self._rpc is not None
+        await self._rpc.serve_forever()
+
+    # --- handlers ------------------------------------------------------------------------
+    async def ingest(self, cmd: Ingest) -> Ingested:
+        r = await asyncio.to_thread(self.dataset.ingest, cmd.session, cmd.image_ids, cmd.counts, cmd.images)
+        return Ingested(session=r.session, new_images=r.new_images, trials=r.trials,
+                        total_trials=r.total_trials, total_images=r.total_images)
+
+    async def status(self, _cmd: Status) -> ServerStatus:
+        sessions = [SessionSummary(name=s.name, neurons=s.neurons, trials=s.trials, images=s.images)
+                    for s in self.dataset.sessions()]
+        training = self._job is not None and not self._job.done()
+        return ServerStatus(state="training" if training else "idle", device=str(self.device),
+                            job_id=self._job_id if training else None,
+                            epoch=int(self._job_info["epoch"]) if training and self._job_info else None,
+                            val_r=self._job_info.get("val_r") if training else None,
+                            current_version=self.version, sessions=sessions,
+                            versions=len(self._version_infos()))
+
+    async def train(self, cmd: Train) -> JobStarted:
+        if self._job is not None and not self._job.done():
+            raise Busy(f"training job {self._job_id} is still running")
+        known = {s.name: s for s in self.dataset.sessions()}
+        names = cmd.sessions if cmd.sessions is not None else sorted(known)
+        unknown = [s for s in names if s not in known]
+        if unknown:
+            raise NotFound(f"unknown sessions: {unknown}")
+        if not names or sum(known[s].images for s in names) < 2:
+            raise ModelError("no training data: ingest images and counts first")
+        cfg = self.config.ensemble
+        overrides: dict[str, Any] = {k: v for k, v in {"members": cmd.members, "max_epochs": cmd.max_epochs,
+                                       "time_budget_s": cmd.time_budget_s, "loss": cmd.loss}.items()
+                     if v is not None}
+        cfg = replace(cfg, **overrides)
+        self._job_id = uuid.uuid4().hex[:12]
+        self._job_info = {}
+        self._cancel.clear()
+        warm = self.model if cmd.warm_start else None
+        self._job = asyncio.create_task(self._run_job(self._job_id, names, cfg, warm), name="modelserver-train")
+        return JobStarted(job_id=self._job_id)
+
+    async def cancel(self, _cmd: CancelTraining) -> Ok:
+        if self._job is None or self._job.done():
+            raise InvalidRequest("no training job is running")
+        self._cancel.set()
+        return Ok()
+
+    async def predict(self, cmd: Predict) -> Prediction:
+        model, version = self.model, self.version
+        if cmd.version is not None and cmd.version != self.version:
+            model, version = await asyncio.to_thread(self._read_version, cmd.version), cmd.version
+        if model is None or version is None:
+            raise ModelError("no trained model yet: train first")
+        if cmd.session not in model.session_neurons:
+            raise NotFound(f"version {version} has no readout for session {cmd.session!r}")
+        imgs = cmd.images
+        if imgs.dtype != np.uint8 or imgs.ndim != 4 or imgs.shape[-1] != 3 or len(imgs) == 0:
+            raise InvalidRequest(f"images must be non-empty uint8 (N, H, W, 3), got {imgs.dtype} {imgs.shape}")
+        shape = self.dataset.image_shape
+        if shape is not None and tuple(imgs.shape[1:3]) != shape:
+            raise InvalidRequest(f"images must be {shape[0]}x{shape[1]}, got {imgs.shape[1]}x{imgs.shape[2]}")
+        out = await asyncio.to_thread(self._predict, model, imgs, cmd.session)
+        return Prediction(session=cmd.session, version=version, responses=out.astype(np.float32))
+
+    def _predict(self, model: DeepEnsemble, images: np.ndarray, session: str) -> np.ndarray:
+        with self._model_lock:
+            return model.predict(images, session)
+
+    async def list_versions(self, _cmd: ListVersions) -> Versions:
+        return Versions(versions=self._version_infos(), current=self.version)
+
+    async def load_version(self, cmd: LoadVersion) -> Ok:
+        await asyncio.to_thread(self._load, cmd.version)
+        return Ok()
+
+    async def export_version(self, cmd: ExportVersion) -> Exported:
+        version = cmd.version or self.version
+        if version is None:
+            raise ModelError("no model version to export")
+        size = await asyncio.to_thread(self._export, version, Path(cmd.path))
+        return Exported(version=version, path=cmd.path, bytes=size)
+
+    def _export(self, version: str, dest: Path) -> int:
+        src = self._version_path(version)
+        try:
+            dest.parent.mkdir(parents=True, exist_ok=True)
+            dest.write_bytes(src.read_bytes())
+        except OSError as exc:
+            raise InvalidRequest(f"cannot write {dest}: {exc}") from exc
+        return dest.stat().st_size
+
+    # --- the training job --------------------------------------------------------------------
+    async def _publish(self, event: Message) -> None:
+        if self._pub is not None:
+            await self._pub.publish(event)
+
+    async def _run_job(self, job_id: str, sessions: list[str], cfg: EnsembleConfig,
+                       warm: DeepEnsemble | None) -> None:
+        loop = asyncio.get_running_loop()
+
+        def progress(info: dict[str, float]) -> None:
+            self._job_info = info
+            ev = TrainProgress(job_id=job_id, epoch=int(info["epoch"]), train_loss=info["train_loss"],
+                               val_r=info["val_r"], seconds=info["seconds"])
+            asyncio.run_coroutine_threadsafe(self._publish(ev), loop)
+
+        try:
+            model, report = await asyncio.to_thread(self._fit, sessions, cfg, warm, progress)
+            if report.stopped == "cancelled":
+                await self._publish(TrainDone(job_id=job_id, status="cancelled", message="cancelled"))
+                return
+            version = await asyncio.to_thread(self._save_version, model, report)
+            with self._model_lock:
+                self.model, self.version = model, version
+            await self._publish(TrainDone(job_id=job_id, status="done", version=version,
+                                          message=f"{report.epochs} epochs, {report.stopped}"))
+        except Exception as exc:
+            log.exception("training job %s failed", job_id)
+            await self._publish(TrainDone(job_id=job_id, status="failed", message=f"{type(exc).__name__}: {exc}"))
+
+    def _fit(self, sessions: list[str], cfg: EnsembleConfig, warm: DeepEnsemble | None,
+             progress: Callable[[dict[str, float]], None]) -> tuple[DeepEnsemble, Any]:
+        data = {}
+        for s in sessions:
+            sd = self.dataset.session(s)
+            data[s] = (self.dataset.images(sd.image_rows), sd.mean)
+        arch = ("members", "channels", "strides", "first_stride", "first_kernel", "frontend", "input_size")
+        if warm is not None and all(getattr(warm.config, a) == getattr(cfg, a) for a in arch):
+            with self._model_lock:  # continue from the current version (same architecture)
+                model = DeepEnsemble.from_state(warm.export_state(), self.device)
+            model.config = cfg
+        else:
+            model = DeepEnsemble(cfg).to(self.device)
+        report = model.fit(data, progress=progress, should_stop=self._cancel.is_set)
+        return model, report
+
+    # --- versions --------------------------------------------------------------------------
+    def _version_path(self, version: str) -> Path:
+        if not version.replace("-", "").isalnum():
+            raise InvalidRequest(f"bad version id {version!r}")
+        p = self.versions_dir / f"{version}.pt"
+        if not p.is_file():
+            raise NotFound(f"unknown model version {version!r}")
+        return p
+
+    def _save_version(self, model: DeepEnsemble, report: Any) -> str:
+        version = time.strftime("%Y%m%d-%H%M%S") + "-" + uuid.uuid4().hex[:6]
+        tmp = self.versions_dir / f".{version}.pt.tmp"
+        torch.save(model.export_state(), tmp)
+        tmp.replace(self.versions_dir / f"{version}.pt")
+        info = VersionInfo(version=version, created=time.time(), sessions=dict(model.session_neurons),
+                           val_r=float(np.mean(report.best_val_r)) if report.best_val_r else float("nan"),
+                           epochs=report.epochs)
+        (self.versions_dir / f"{version}.json").write_text(info.model_dump_json())
+        return version
+
+    def _version_infos(self) -> list[VersionInfo]:
+        out = []
+        for p in sorted(self.versions_dir.glob("*.json")):
+            with contextlib.suppress(ValueError):  # a half-written description is not a version
+                out.append(VersionInfo.model_validate(json.loads(p.read_text())))
+        return [v for v in out if (self.versions_dir / f"{v.version}.pt").is_file()]
+
+    def _latest_version(self) -> str | None:
+        infos = self._version_infos()
+        return max(infos, key=lambda v: v.created).version if infos else None
+
+    def _read_version(self, version: str) -> DeepEnsemble:
+        blob = torch.load(self._version_path(version), map_location="cpu", weights_only=True)
+        return DeepEnsemble.from_state(blob, self.device)
+
+    def _load(self, version: str) -> None:
+        model = self._read_version(version)
+        with self._model_lock:
+            self.model, self.version = model, version
+
+
+async def serve(config: ModelServerConfig, ready: Callable[[ModelServer], None] | None = None) -> None:
+    """Run a model server until cancelled."""
+    async with ModelServer(config) as server:
+        log.info("modelserver on %s (events %s), device %s", server.endpoint, server.events_endpoint,
+                 server.device)
+        if ready is not None:
+            ready(server)
+        await server.serve_forever()

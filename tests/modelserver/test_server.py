@@ -1,0 +1,137 @@
+"""The model server over real sockets: ingest, train (async, with events), predict, versions, errors."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+from modelserver.ensemble import EnsembleConfig
+from modelserver.server import ModelServer, ModelServerConfig
+from wire.base import image_id
+from wire.errors import Busy, InvalidRequest, ModelError, NotFound
+from wire.model import (
+    Exported,
+    ExportVersion,
+    Ingest,
+    Ingested,
+    JobStarted,
+    ListVersions,
+    Predict,
+    Prediction,
+    ServerStatus,
+    Status,
+    Train,
+    TrainDone,
+    TrainProgress,
+    Versions,
+)
+from wire.transport import EventSubscriber, RpcClient
+
+TINY = EnsembleConfig(members=2, channels=4, input_size=16, strides=(1,), first_stride=2, max_epochs=3,
+                      batch_size=16, patience=5)
+
+
+def _data(n: int = 40, neurons: int = 3, seed: int = 0) -> tuple[np.ndarray, np.ndarray]:
+    rng = np.random.default_rng(seed)
+    imgs = rng.integers(0, 256, (n, 16, 16, 3), dtype=np.uint8)
+    rate = 1.0 + imgs.reshape(n, -1, 3).mean(1)[:, :1] / 64.0 * np.arange(1, neurons + 1)
+    return imgs, rng.poisson(rate).astype(np.float64)
+
+
+@pytest.fixture
+def cfg(tmp_path: Path) -> ModelServerConfig:
+    return ModelServerConfig(data_dir=tmp_path / "ms", endpoint="tcp://127.0.0.1:0",
+                             events_endpoint="tcp://127.0.0.1:0", ensemble=TINY)
+
+
+async def test_round_trip(cfg: ModelServerConfig, tmp_path: Path) -> None:
+    torch.set_num_threads(1)
+    imgs, counts = _data()
+    ids = [image_id(im) for im in imgs]
+    async with ModelServer(cfg) as server, RpcClient(server.endpoint, timeout=30) as client, \
+            EventSubscriber(server.events_endpoint, [TrainProgress, TrainDone]) as sub:
+        with pytest.raises(ModelError, match="no training data"):
+            await client.request(Train(), JobStarted)
+        with pytest.raises(ModelError, match="no trained model"):
+            await client.request(Predict(session="s1", images=imgs[:2]), Prediction)
+        bad = counts.copy()
+        bad[0, 0] = np.nan
+        with pytest.raises(InvalidRequest, match="NaN"):
+            await client.request(Ingest(session="s1", image_ids=ids, counts=bad, images=imgs), Ingested)
+        with pytest.raises(InvalidRequest, match="negative"):
+            await client.request(Ingest(session="s1", image_ids=ids, counts=-counts - 1, images=imgs), Ingested)
+        with pytest.raises(InvalidRequest, match="counts must be"):
+            await client.request(Ingest(session="s1", image_ids=ids, counts=counts[:5], images=imgs), Ingested)
+        r = await client.request(Ingest(session="s1", image_ids=ids, counts=counts, images=imgs), Ingested)
+        assert (r.new_images, r.total_trials) == (40, 40)
+        r = await client.request(Ingest(session="s1", image_ids=ids[:5], counts=counts[:5]), Ingested)
+        assert (r.new_images, r.total_trials, r.total_images) == (0, 45, 40)
+        with pytest.raises(NotFound):
+            await client.request(Train(sessions=["nope"]), JobStarted)
+
+        await server.wait_for_subscribers(1)
+        job = await client.request(Train(), JobStarted)
+        with pytest.raises(Busy):
+            await client.request(Train(), JobStarted)
+        st = await client.request(Status(), ServerStatus)  # answered while training
+        assert st.sessions[0].name == "s1" and st.sessions[0].trials == 45
+        events = []
+        while True:
+            ev = await sub.recv(timeout=60)
+            events.append(ev)
+            if isinstance(ev, TrainDone):
+                break
+        assert events[-1].status == "done", events[-1].message
+        assert any(isinstance(e, TrainProgress) and e.job_id == job.job_id for e in events)
+        version = events[-1].version
+        pred = await client.request(Predict(session="s1", images=imgs[:7]), Prediction)
+        assert pred.responses.shape == (3, 7) and pred.version == version
+        assert np.all(np.isfinite(pred.responses))
+        with pytest.raises(NotFound):
+            await client.request(Predict(session="other", images=imgs[:2]), Prediction)
+        with pytest.raises(InvalidRequest):
+            await client.request(Predict(session="s1", images=imgs[:2].astype(np.float32)), Prediction)
+        vs = await client.request(ListVersions(), Versions)
+        assert vs.current == version and [v.version for v in vs.versions] == [version]
+        ex = await client.request(ExportVersion(path=str(tmp_path / "export.pt")), Exported)
+        blob = torch.load(ex.path, weights_only=True)
+        assert set(blob["sessions"]) == {"s1"}
+        status = await client.request(Status(), ServerStatus)
+        assert status.state == "idle" and status.current_version == version
+
+    # a restarted server resumes with its data and latest version
+    async with ModelServer(cfg) as server, RpcClient(server.endpoint, timeout=30) as client:
+        st = await client.request(Status(), ServerStatus)
+        assert st.current_version == version and st.sessions[0].trials == 45
+        pred2 = await client.request(Predict(session="s1", images=imgs[:7]), Prediction)
+        np.testing.assert_allclose(pred2.responses, pred.responses, rtol=1e-5, atol=1e-6)
+
+
+async def test_unknown_version_is_not_found(cfg: ModelServerConfig) -> None:
+    async with ModelServer(cfg) as server, RpcClient(server.endpoint, timeout=10) as client:
+        with pytest.raises(NotFound):
+            await client.request(ExportVersion(version="nope", path="/tmp/x.pt"), Exported)
+        with pytest.raises(InvalidRequest):
+            await client.request(ExportVersion(version="../etc", path="/tmp/x.pt"), Exported)
+
+
+def test_extra_handlers_are_served(cfg: ModelServerConfig) -> None:
+    """The obvious place for image generation: extra handlers join the dispatch table."""
+    import importlib.util
+
+    from wire.messages import Ok, Ping
+
+    async def custom(_cmd: Ping) -> Ok:
+        return Ok()
+
+    server = ModelServer(cfg, extra_handlers={Ping: custom})
+    try:
+        table = server.handlers()
+        assert table[Ping] is custom
+        if importlib.util.find_spec("modelserver.generate.handlers") is not None:
+            assert any(cls.__name__.startswith("Gen") for cls in table)
+    finally:
+        server.dataset.close()
