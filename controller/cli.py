@@ -86,6 +86,23 @@ def smoke(out: Annotated[Path, typer.Option(help="folder for the session file")]
 
 
 @app.command()
+def demo(
+    data: Annotated[Path | None, typer.Option(help="a folder in the layout of the V4 data (default: "
+                                                 "../shared/data/v4 if present, else synthetic)")] = None,
+    out: Annotated[Path, typer.Option(help="where session files, model data and summary.json go")] = Path("out/demo"),
+    sessions: Annotated[int | None, typer.Option(help="sysid sessions before the causal test")] = None,
+    device: Annotated[str, typer.Option(help="modelserver device: auto, cpu, cuda, cuda:1, ...")] = "auto",
+) -> None:
+    """The closed loop on embedded defaults: sysid sessions with retraining, a maximize causal test."""
+    from controller.demo import DEFAULT_DATA
+    from controller.demo import main as demo_main
+
+    if data is None and DEFAULT_DATA.is_dir():
+        data = DEFAULT_DATA
+    demo_main(data, out, sessions, device)
+
+
+@app.command()
 def simulate(files: list[Path], neurons: Annotated[int, typer.Option(help="simulated neurons")] = 20) -> None:
     """Run protocol files without any server and print the steps they would take."""
     from protocols.simulate import SimConfig, simulate_file

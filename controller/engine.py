@@ -383,8 +383,12 @@ class Engine:
         try:
             async with asyncio.timeout(step.timeout_s):
                 gen = await asyncio.shield(task)
-        except TimeoutError as exc:
-            raise RequestTimeout(f"generator {step.generator} took longer than {step.timeout_s:g} s") from exc
+        except (TimeoutError, CortexloopError) as exc:
+            # the protocol decides; an image set showing this request falls back to its pool source
+            why = f"{type(exc).__name__}: {exc}" if str(exc) else f"no images within {step.timeout_s:g} s"
+            self._event("generate_failed", f"{step.generator} ({step.request_id}) failed: {why}",
+                        request_id=step.request_id)
+            return GenerateResult(request_id=step.request_id, status="failed", error=why)
         return gen.result
 
     def _request_for(self, step: PresentBlock, s: ImageSet) -> GenerateImages:

@@ -71,14 +71,16 @@ async def stimserver(cfg: RunConfig) -> AsyncIterator[tuple[str, str]]:
         proc.stop()
 
 
-def build_source(cfg: RunConfig, events_endpoint: str, pixels: Callable[[str], np.ndarray]) -> AcquisitionSource:
+def build_source(cfg: RunConfig, events_endpoint: str, pixels: Callable[[str], np.ndarray],
+                 rate_model: Any = None) -> AcquisitionSource:
     acq = cfg.acquisition
     if acq.kind == "virtual":
         from virtualrig.loopback import LoopbackRig
         from virtualrig.rates import make_rate_model
 
         v = acq.virtual
-        model = make_rate_model(compact_models=v.compact_models, n_units=v.n_units, seed=v.seed)
+        model = rate_model if rate_model is not None else make_rate_model(
+            compact_models=v.compact_models, n_units=v.n_units, seed=v.seed)
         return LoopbackRig(events_endpoint, model, pixels, latency=v.latency, duration=v.duration,
                            baseline=v.baseline, seed=v.seed, silence_timeout=acq.silence_timeout)
     if acq.kind == "lsl":
@@ -91,8 +93,8 @@ def build_source(cfg: RunConfig, events_endpoint: str, pixels: Callable[[str], n
 
 
 @contextlib.asynccontextmanager
-async def open_session(cfg: RunConfig, *, name: str, resume: bool = False,
-                       models: ModelLink | None = None) -> AsyncIterator[Session]:
+async def open_session(cfg: RunConfig, *, name: str, resume: bool = False, models: ModelLink | None = None,
+                       images: ImageLibrary | None = None, rate_model: Any = None) -> AsyncIterator[Session]:
     session_id = cfg.session_id or f"{time.strftime('%Y%m%d-%H%M%S')}_{cfg.rig}_{name}"
     path = cfg.out_dir / f"{session_id}.h5"
     docs: list[Any] = []
@@ -104,7 +106,7 @@ async def open_session(cfg: RunConfig, *, name: str, resume: bool = False,
         store = SessionWriter.resume(path)
     else:
         store = SessionWriter.create(path)
-    images = build_images(cfg)
+    images = images if images is not None else build_images(cfg)
     try:
         async with stimserver(cfg) as (rpc, events), StimLink(rpc, events) as stim:
             engine = Engine(EngineConfig(session_id=session_id, rig=cfg.rig, subject=cfg.subject, seed=cfg.seed),
@@ -112,7 +114,7 @@ async def open_session(cfg: RunConfig, *, name: str, resume: bool = False,
                             binner=Binner(BinningConfig(window=cfg.acquisition.window,
                                                         lateness=cfg.acquisition.lateness)),
                             images=images, models=models)
-            engine.source = build_source(cfg, events, lambda i: engine.pixels[i])
+            engine.source = build_source(cfg, events, lambda i: engine.pixels[i], rate_model)
             prepare = getattr(engine.source, "prepare", None)
             if prepare is not None:  # the virtual rig computes its rates before each block
                 engine.on_images(prepare)

@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import io
 import zipfile
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Protocol, runtime_checkable
@@ -189,7 +190,8 @@ class CompactModelRates:
     """
 
     def __init__(self, folder: str | Path, *, session: str | None = None, reference: np.ndarray | None = None,
-                 lo: float = 2.0, hi: float = 60.0, device: Any = "cpu", batch_size: int = 50) -> None:
+                 lo: float = 2.0, hi: float = 60.0, device: Any = "cpu", batch_size: int = 50,
+                 neurons: Sequence[int] | None = None) -> None:
         import torch
 
         from modelserver.compact import find_compact_models, load_compact_model
@@ -197,6 +199,11 @@ class CompactModelRates:
         paths = find_compact_models(folder, session)
         if not paths:
             raise ModelError(f"no compact models in {folder}" + (f" for session {session}" if session else ""))
+        if neurons is not None:  # a subset, by the neuron index of the file names' order
+            bad = [k for k in neurons if not 0 <= k < len(paths)]
+            if bad:
+                raise InvalidRequest(f"no compact models for neurons {bad} ({len(paths)} found)")
+            paths = [paths[k] for k in neurons]
         self.paths = paths
         self._torch = torch
         self.device = torch.device(device)

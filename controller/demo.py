@@ -1,0 +1,301 @@
+"""``cortexloop demo``: the closed loop on embedded defaults, measured against a hidden ground truth.
+
+A virtual rig stands in for the monkey: the real V4 compact models of Cowley et al. (2023) when
+a data folder in their layout is found (``--data``, default ``../shared/data/v4``), else a
+synthetic population of Gabor-energy units. The demo runs several ``sysid`` recording sessions
+(each a new session to the modelserver, which retrains between blocks and sessions), then a
+``maximize`` causal test, every one through the real stimserver process, the engine, the session
+store and a modelserver process. After each sysid session it scores the model on images never
+shown against the ground truth's rates; after the causal test it measures how much the chosen
+images drive the ground-truth neurons above randomly chosen natural images. Every figure goes to
+``OUT/summary.json``; session files and the model server's data go to ``OUT``.
+
+The ground truth is only ever seen by the rig and by this scoring code, never by the engine or the
+modelserver.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import os
+import queue
+import subprocess
+import sys
+import threading
+import time
+from contextlib import contextmanager
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+from rich.console import Console
+from rich.table import Table
+
+from controller.config import RunConfig
+from controller.images import ImageLibrary, synthetic_images
+from controller.modellink import ZmqModelLink, model_session
+from controller.runner import open_session
+from controller.store import SessionReader
+from protocols.library.maximize import MaximizeProtocol
+from protocols.library.sysid import SysidProtocol
+from wire.documents import BlockDoc, StepDoc
+from wire.errors import CortexloopError
+from wire.model import Predict, Prediction
+from wire.transport import RpcClient
+
+REPO = Path(__file__).resolve().parents[1]
+DEFAULT_DATA = REPO.parent / "shared" / "data" / "v4"
+
+
+@dataclass
+class DemoSettings:
+    """Sizes the demo picks for the machine (small on a CPU, larger on a GPU)."""
+
+    sessions: int = 3
+    blocks: int = 2
+    normal: int = 60
+    gaudy: int = 15
+    active: int = 20
+    neurons: int = 8
+    eval_images: int = 200
+    epochs_block: int = 4
+    epochs_session: int = 8
+    members: int = 3
+    device: str = "cpu"
+    max_per_neuron: int = 3
+    max_random: int = 30
+    max_repeats: int = 3
+    synth_steps: int = 60
+    pool_crops: int = 1500
+
+    @classmethod
+    def for_device(cls, device: str, sessions: int | None) -> DemoSettings:
+        s = cls(device=device)
+        if device.startswith("cuda"):
+            s = cls(device=device, blocks=3, normal=200, gaudy=50, active=60, neurons=33, eval_images=600,
+                    epochs_block=10, epochs_session=30, members=5, max_per_neuron=5, max_random=60, max_repeats=5,
+                    synth_steps=200, pool_crops=20000)
+        if sessions is not None:
+            s.sessions = sessions
+        return s
+
+
+@dataclass
+class Summary:
+    ground_truth: str
+    device: str
+    settings: dict[str, Any]
+    sessions: list[dict[str, Any]] = field(default_factory=list)
+    causal: dict[str, Any] = field(default_factory=dict)
+    seconds: float = 0.0
+
+
+def detect_device(requested: str) -> str:
+    if requested != "auto":
+        return requested
+    try:
+        out = subprocess.run([sys.executable, "-c", "import torch; print(torch.cuda.is_available())"],
+                             capture_output=True, text=True, timeout=120)
+        return "cuda" if out.stdout.strip() == "True" else "cpu"
+    except (OSError, subprocess.TimeoutExpired):
+        return "cpu"
+
+
+@contextmanager
+def modelserver_process(data_dir: Path, settings: DemoSettings, v4_dir: Path | None) -> Any:
+    """``python -m modelserver serve`` as a child; yields (rpc, events) once it says it is ready."""
+    args = [sys.executable, "-m", "modelserver", "serve", "--data-dir", str(data_dir), "--endpoint",
+            "tcp://127.0.0.1:0", "--events", "tcp://127.0.0.1:0", "--device", settings.device,
+            "--members", str(settings.members), "--max-epochs", str(settings.epochs_session)]
+    if v4_dir is not None:
+        args += ["--v4-dir", str(v4_dir)]
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join(p for p in (str(REPO), os.environ.get("PYTHONPATH")) if p)}
+    proc = subprocess.Popen(args, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, env=env)
+    lines: queue.Queue[str | None] = queue.Queue()
+    tail: list[str] = []
+
+    def pump() -> None:
+        assert proc.stdout is not None
+        for line in proc.stdout:
+            tail.append(line)
+            del tail[:-50]
+            lines.put(line)
+        lines.put(None)
+
+    threading.Thread(target=pump, daemon=True).start()
+    try:
+        while True:
+            try:
+                line = lines.get(timeout=120)
+            except queue.Empty:
+                raise CortexloopError("the modelserver did not start:\n" + "".join(tail)) from None
+            if line is None:
+                raise CortexloopError("the modelserver exited:\n" + "".join(tail))
+            if line.startswith("modelserver ready"):
+                parts = line.split()
+                yield parts[3], parts[5]
+                break
+    finally:
+        proc.terminate()
+        try:
+            proc.wait(20)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+
+
+def ground_truth(data: Path | None, settings: DemoSettings, reference: np.ndarray) -> tuple[Any, str]:
+    from virtualrig.rates import CompactModelRates, GaborEnergyRates
+
+    if data is not None and (data / "compact_models").is_dir():
+        neurons = list(range(settings.neurons))
+        cm = CompactModelRates(data / "compact_models", session="190923", reference=reference,
+                               neurons=neurons, device=settings.device)
+        return cm, f"{cm.n_units} real V4 compact models of session 190923 (Cowley et al. 2023)"
+    model = GaborEnergyRates(settings.neurons * 2, seed=1, reference=reference)
+    return model, f"{model.n_units} synthetic Gabor-energy units (no V4 data folder found)"
+
+
+def library(data: Path | None, settings: DemoSettings) -> tuple[ImageLibrary, np.ndarray]:
+    """(images the sessions draw from, images kept back for scoring)."""
+    if data is not None and (data / "images").is_dir():
+        sessions = [p.stem.removeprefix("images_") for p in sorted((data / "images").glob("images_*.zip"))]
+        lib = ImageLibrary.from_v4(data, sessions)
+    else:
+        lib = ImageLibrary(synthetic_images(settings.eval_images + 1300, seed=3), name="synthetic")
+    rng = np.random.default_rng(0)
+    order = rng.permutation(len(lib))
+    held, rest = order[:settings.eval_images], order[settings.eval_images:]
+    return ImageLibrary(lib.images[rest], [lib.ids[i] for i in rest], name=lib.name), lib.images[held]
+
+
+async def score_session(rpc: str, session: str, images: np.ndarray, truth: np.ndarray) -> dict[str, Any]:
+    """Median Pearson r between the model's predictions for ``session`` and the ground-truth rates."""
+    async with RpcClient(rpc, timeout=120) as client:
+        pred = await client.request(Predict(session=session, images=images), Prediction)
+    resp = np.asarray(pred.responses)  # (neurons, images)
+    rs = [float(np.corrcoef(resp[j], truth[:, j])[0, 1]) for j in range(min(len(resp), truth.shape[1]))
+          if np.std(resp[j]) > 0 and np.std(truth[:, j]) > 0]
+    return {"model_version": pred.version, "median_r": float(np.median(rs)) if rs else float("nan"),
+            "r_per_neuron": [round(r, 4) for r in rs]}
+
+
+def causal_truth(path: Path, truth_model: Any) -> dict[str, Any]:
+    """Percent change of the ground-truth rate: each neuron's own maximizing images vs random normal."""
+    with SessionReader(path) as reader:
+        docs = list(reader.documents())
+        images = reader.images()
+    block = next((d for d in docs if isinstance(d, BlockDoc) and d.block_id == "maximize"), None)
+    if block is None:
+        return {"error": "the maximize block was not shown (no neuron matched)"}
+    by_cond: dict[str, list[str]] = {}
+    for _, image, cond in block.params["trials"]:
+        by_cond.setdefault(cond, [])
+        if image not in by_cond[cond]:
+            by_cond[cond].append(image)
+    base_ids = by_cond.get("random_normal", [])
+    base = truth_model.rates(np.stack([images[i] for i in base_ids])).mean(0)
+    out: dict[str, Any] = {}
+    for kind in ("max_normal", "max_synth"):
+        per_neuron = {}
+        for cond, ids in by_cond.items():
+            if cond.startswith(kind + "/neuron="):
+                j = int(cond.split("=", 1)[1])
+                rate = truth_model.rates(np.stack([images[i] for i in ids]))[:, j].mean()
+                per_neuron[j] = float(100 * (rate - base[j]) / base[j])
+        out[kind] = {"mean_percent_change": float(np.mean(list(per_neuron.values()))) if per_neuron else None,
+                     "per_neuron": per_neuron}
+    analysis = next((d for d in docs if isinstance(d, StepDoc) and d.step["kind"] == "analyse"), None)
+    if analysis is not None:
+        out["recorded"] = {c["condition"]: {"median_percent_change": c["median_percent_change"],
+                                            "n_significant": c["n_significant"], "neurons": len(c["neurons"])}
+                           for c in analysis.result["comparisons"]}
+    return out
+
+
+async def run_demo(data: Path | None, out: Path, *, sessions: int | None = None, device: str = "auto",
+                   console: Console | None = None, settings: DemoSettings | None = None) -> Summary:
+    console = console or Console()
+    t0 = time.monotonic()
+    settings = settings or DemoSettings.for_device(detect_device(device), sessions)
+    if data is not None and not (data / "compact_models").is_dir() and not (data / "images").is_dir():
+        console.print(f"[yellow]no V4 data at {data}; using the synthetic population and images[/yellow]")
+        data = None
+    lib, held = library(data, settings)
+    truth_model, truth_name = ground_truth(data, settings, lib.images[:256])
+    truth_held = truth_model.rates(held)
+    summary = Summary(ground_truth=truth_name, device=settings.device, settings=asdict(settings))
+    console.print(f"[bold]cortexloop demo[/bold]: {truth_name}; {len(lib)} images ({lib.name}); "
+                  f"device {settings.device}; output in {out}")
+    cfg = RunConfig(out_dir=out, rig="demo", subject="virtual")
+    with modelserver_process(out / "modelserver", settings, data) as (rpc, events):
+        for k in range(settings.sessions):
+            sid = f"demo-{k + 1}-sysid"
+            proto = SysidProtocol.model_validate({
+                "protocol": "sysid", "seed": k + 1, "n_blocks": settings.blocks, "normal": settings.normal,
+                "gaudy": settings.gaudy, "timing": {"on_frames": 4, "off_frames": 4}, "retrain": "both",
+                "active": {"n_images": settings.active, "start_block": 0 if k else 1, "timeout_s": 300},
+                "prefetch": False})
+            stop, path = await _run(cfg.model_copy(update={"session_id": sid}), proto, lib, truth_model, rpc, events,
+                                    settings, console)
+            score = await score_session(rpc, model_session(sid), held, truth_held)
+            summary.sessions.append({"session": sid, "file": str(path), "exit": stop.exit_status,
+                                     "trials": stop.n_trials, **score})
+            console.print(f"session {k + 1}: {stop.n_trials} trials; held-out median r vs ground truth "
+                          f"{score['median_r']:.3f}")
+        sid = "demo-maximize"
+        maximize = MaximizeProtocol.model_validate({
+            "protocol": "maximize", "seed": 99, "timing": {"on_frames": 4, "off_frames": 4},
+            "heldout": {"n_images": 40, "repeats": 3}, "match": {"min_score": 0.3},
+            "n_per_neuron": settings.max_per_neuron, "n_random": settings.max_random, "repeats": settings.max_repeats,
+            "synth": {"steps": settings.synth_steps, "timeout_s": 900}, "analysis": {"n_permutations": 500}})
+        stop, path = await _run(cfg.model_copy(update={"session_id": sid}), maximize, lib, truth_model, rpc, events,
+                                settings, console)
+        summary.causal = {"session": sid, "file": str(path), "exit": stop.exit_status,
+                          **causal_truth(path, truth_model)}
+    summary.seconds = time.monotonic() - t0
+    (out / "summary.json").write_text(json.dumps(asdict(summary), indent=2))
+    print_summary(summary, console)
+    return summary
+
+
+async def _run(cfg: RunConfig, proto: Any, lib: ImageLibrary, truth_model: Any, rpc: str, events: str,
+               settings: DemoSettings, console: Console) -> tuple[Any, Path]:
+    from controller.progress import SessionProgress
+
+    assert cfg.session_id is not None
+    async with open_session(cfg, name=proto.protocol, images=lib, rate_model=truth_model) as s:
+        link = ZmqModelLink(rpc, events, session_id=cfg.session_id, pixels=lambda i: s.engine.pixels[i],
+                            base_images=lambda n, seed: [lib.images[i] for i in lib.take(n, seed)],
+                            pool_crops=settings.pool_crops, block_epochs=settings.epochs_block,
+                            session_epochs=settings.epochs_session, timeout=60)
+        s.engine.models = link
+        with SessionProgress(console) as progress:
+            s.engine.on_status(progress.update)
+            async with link:
+                stop = await s.engine.run(proto.plan(), protocol=proto.model_dump(mode="json"))
+        return stop, s.path
+
+
+def print_summary(summary: Summary, console: Console) -> None:
+    table = Table(title=f"cortexloop demo ({summary.ground_truth}; {summary.device}; {summary.seconds:.0f} s)")
+    table.add_column("figure")
+    table.add_column("value", justify="right")
+    for s in summary.sessions:
+        table.add_row(f"{s['session']}: held-out median r vs ground truth", f"{s['median_r']:.3f}")
+    c = summary.causal
+    for kind, paper in (("max_normal", "+137%"), ("max_synth", "+153%")):
+        v = c.get(kind, {}).get("mean_percent_change") if isinstance(c.get(kind), dict) else None
+        table.add_row(f"{kind}: mean % change of ground-truth rate vs random normal (paper, real V4: {paper})",
+                      "n/a" if v is None else f"{v:+.0f}%")
+        rec = c.get("recorded", {}).get(kind)
+        if rec and rec["median_percent_change"] is not None:
+            table.add_row(f"{kind}: median recorded %dr ({rec['n_significant']}/{rec['neurons']} neurons p<0.05)",
+                          f"{rec['median_percent_change']:+.0f}%")
+    console.print(table)
+
+
+def main(data: Path | None, out: Path, sessions: int | None, device: str) -> Summary:
+    out.mkdir(parents=True, exist_ok=True)
+    return asyncio.run(run_demo(data, out, sessions=sessions, device=device))

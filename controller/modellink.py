@@ -1,0 +1,299 @@
+"""The engine's modelserver seam over ZeroMQ (``wire.model`` and ``wire.generate``).
+
+Each recording session is one modelserver session (neurons are never matched across
+sessions). Its neurons are the units that fired in the first ingested block, in natural
+order (unit "2" before "10"); a later trial that lacks one of them is not ingested, so a unit
+that was not recorded is never sent as a zero. Held-out blocks are not ingested: they are kept
+for matching neurons to models (``match_models``), which predicts them with the current
+version and scores each neuron by Pearson r against its repeat-averaged counts.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from collections.abc import Callable, Sequence
+from typing import Any
+
+import numpy as np
+
+from controller.engine import Generated
+from controller.engine import _natural_key as natural_key
+from protocols.analysis import TrialData
+from protocols.steps import (
+    ActiveParams,
+    AdversarialParams,
+    DotsParams,
+    GenerateImages,
+    GenerateResult,
+    IngestResult,
+    MatchModels,
+    MatchResult,
+    MaximizeNormalParams,
+    MaximizeSynthParams,
+    NeuronMatch,
+    Retrain,
+    RetrainResult,
+    SmoothParams,
+)
+from wire.documents import PickDoc, ResponseDoc, TrialDoc
+from wire.errors import InvalidRequest, ModelError, RequestTimeout
+from wire.generate import (
+    GenActive,
+    GenAdversarial,
+    GenBuildPool,
+    GenDots,
+    GenImages,
+    GenMaximize,
+    GenPoolInfo,
+    GenSmooth,
+    GenSynthesize,
+)
+from wire.model import (
+    Ingest,
+    Ingested,
+    JobStarted,
+    ListVersions,
+    Predict,
+    Prediction,
+    Train,
+    TrainDone,
+    TrainProgress,
+    Versions,
+)
+from wire.transport import EventSubscriber, RpcClient
+
+log = logging.getLogger(__name__)
+
+ProgressFn = Callable[[str, dict[str, Any]], None]
+
+
+def model_session(session_id: str) -> str:
+    """The modelserver's name for a recording session (its allowed characters, 64 at most)."""
+    name = "".join(c if c.isalnum() or c in "_.-" else "_" for c in session_id)
+    return name[-64:]
+
+
+class ZmqModelLink:
+    """Implements :class:`controller.engine.ModelLink` against a modelserver."""
+
+    def __init__(self, rpc: str, events: str, *, session_id: str, pixels: Callable[[str], np.ndarray],
+                 base_images: Callable[[int, int], list[np.ndarray]], timeout: float = 30.0,
+                 pool: str = "session-pool", pool_crops: int = 2000,
+                 block_epochs: int = 5, session_epochs: int | None = None,
+                 on_progress: ProgressFn | None = None) -> None:
+        self.client = RpcClient(rpc, timeout=timeout)
+        self.events_endpoint = events
+        self.session = model_session(session_id)
+        self.pixels = pixels
+        self.base_images = base_images
+        self.pool = pool
+        self.pool_crops = pool_crops
+        self.block_epochs = block_epochs
+        self.session_epochs = session_epochs
+        self.on_progress = on_progress
+        self.units: list[str] | None = None
+        #: recorded neuron -> (model session, model neuron), set by match()
+        self.matched: dict[int, tuple[str, int]] = {}
+        self.version: str | None = None
+        self._pool_ready = False
+
+    async def __aenter__(self) -> ZmqModelLink:
+        self.client.connect()
+        return self
+
+    async def __aexit__(self, *exc: object) -> None:
+        await self.client.close()
+
+    # -- ingest -------------------------------------------------------------------------------------
+    def _neurons(self, responses: Sequence[ResponseDoc]) -> list[str]:
+        if self.units is None:
+            seen: dict[str, int] = {}
+            for r in responses:
+                for u in r.units:
+                    seen[u] = seen.get(u, 0) + 1
+            if not seen:
+                raise InvalidRequest("no counts to ingest")
+            top = max(seen.values())
+            self.units = sorted((u for u, n in seen.items() if n >= 0.9 * top), key=natural_key)
+        return self.units
+
+    async def ingest(self, session_id: str, trials: list[tuple[TrialDoc, ResponseDoc]],
+                     images: dict[str, np.ndarray], heldout: bool) -> IngestResult:
+        if heldout:  # kept for matching, never trained on
+            return IngestResult(n_images=0, n_trials=0, dataset_version="heldout-not-ingested")
+        units = self._neurons([r for _, r in trials])
+        ids, rows = [], []
+        for t, r in trials:
+            col = {u: c for u, c in zip(r.units, np.asarray(r.counts).tolist(), strict=True)}
+            if all(u in col for u in units):
+                ids.append(t.image_id)
+                rows.append([col[u] for u in units])
+        if len(rows) < len(trials):
+            log.warning("%d of %d trials lack a counted neuron and were not ingested", len(trials) - len(rows),
+                        len(trials))
+        if not rows:
+            raise InvalidRequest("no trial has counts for every neuron of this session")
+        uniq = list(dict.fromkeys(ids))
+        reply = await self.client.request(
+            Ingest(session=self.session, image_ids=ids, counts=np.asarray(rows, dtype=np.float32),
+                   images=np.stack([images[i] for i in uniq])), Ingested, timeout=120.0)
+        return IngestResult(n_images=reply.total_images, n_trials=reply.total_trials,
+                            dataset_version=f"{self.session}:{reply.total_trials}")
+
+    # -- retrain ------------------------------------------------------------------------------------
+    async def retrain(self, step: Retrain) -> RetrainResult:
+        epochs = step.max_epochs or (self.block_epochs if step.scope == "block" else self.session_epochs)
+        sub = EventSubscriber(self.events_endpoint, [TrainProgress, TrainDone])
+        try:
+            job = await self.client.request(Train(max_epochs=epochs), JobStarted)
+            if not step.wait:
+                return RetrainResult(scope=step.scope, model_version=self.version or "pending", status="started")
+            async with asyncio.timeout(step.timeout_s):
+                while True:
+                    try:
+                        ev = await sub.recv(timeout=5.0)
+                    except RequestTimeout:
+                        continue  # long epochs: keep waiting up to the step's timeout
+                    if isinstance(ev, TrainProgress) and ev.job_id == job.job_id and self.on_progress:
+                        self.on_progress("model", {"task": "retrain", "epoch": ev.epoch, "val_r": ev.val_r})
+                    if isinstance(ev, TrainDone) and ev.job_id == job.job_id:
+                        if ev.status != "done":
+                            raise ModelError(f"training {ev.status}")
+                        break
+        except TimeoutError as exc:
+            raise RequestTimeout(f"training did not finish within {step.timeout_s:g} s") from exc
+        finally:
+            sub.close()
+        versions = await self.client.request(ListVersions(), Versions)
+        self.version = versions.current
+        info = next((v for v in versions.versions if v.version == versions.current), None)
+        return RetrainResult(scope=step.scope, model_version=self.version or "none",
+                             heldout_score=info.val_r if info else None)
+
+    # -- generate -----------------------------------------------------------------------------------
+    async def _ensure_pool(self) -> None:
+        if not self._pool_ready:
+            await self.client.request(GenBuildPool(pool=self.pool, crops=self.pool_crops), GenPoolInfo,
+                                      timeout=600.0)
+            self._pool_ready = True
+
+    async def generate(self, step: GenerateImages, seed: int) -> Generated:
+        p = step.params
+        n = step.n_images or 1
+        cmd: Any
+        if isinstance(p, ActiveParams):
+            await self._ensure_pool()
+            cmd = GenActive(ensemble=await self._active_ensemble(), pool=self.pool, k=n, seed=seed)
+        elif isinstance(p, MaximizeNormalParams):
+            await self._ensure_pool()
+            return await self._per_model(step, p.neurons, lambda model, ns: GenMaximize(
+                model=model, pool=self.pool, neurons=ns, k=n))
+        elif isinstance(p, MaximizeSynthParams):
+            return await self._per_model(step, p.neurons, lambda model, ns: GenSynthesize(
+                model=model, neurons=ns, per_neuron=n, steps=p.steps, seed=seed))
+        elif isinstance(p, AdversarialParams):
+            bases = self._bases(p.base_ids, len(p.neurons), seed)
+            cmd = GenAdversarial(model=self.session, neurons=p.neurons, base_images=np.stack(bases),
+                                 direction=p.direction)
+        elif isinstance(p, SmoothParams):
+            bases = self._bases(p.base_ids, len(p.neurons), seed)
+            cmd = GenSmooth(model=self.session, neurons=p.neurons, base_images=np.stack(bases), seed=seed)
+        elif isinstance(p, DotsParams):
+            cmd = GenDots(radii=[s / 2 for s in p.sizes], counts=p.numbers, per_condition=len(p.locations),
+                          seed=seed)
+        else:
+            raise InvalidRequest(f"the modelserver does not make {p.generator!r} images")
+        reply = await self.client.request(cmd, GenImages, timeout=step.timeout_s)
+        return self._generated(step, reply)
+
+    async def _active_ensemble(self) -> str:
+        """This session's readouts once it has some, else the largest earlier session's: the members
+        disagree through their shared core, which is what active learning probes on a new day."""
+        versions = await self.client.request(ListVersions(), Versions)
+        info = next((v for v in versions.versions if v.version == versions.current), None)
+        if info is None or not info.sessions:
+            raise ModelError("no trained model yet: active learning starts after the first retraining")
+        self.version = info.version
+        if self.session in info.sessions:
+            return self.session
+        return max(info.sessions, key=lambda name: (info.sessions[name], name))
+
+    async def _per_model(self, step: GenerateImages, neurons: list[int],
+                         make: Callable[[str, list[int]], Any]) -> Generated:
+        """One request per model session of the matched neurons (or this session's own readout);
+        images are labelled with the recorded neuron they target."""
+        groups: dict[str, list[tuple[int, int]]] = {}
+        for j in neurons:
+            sess, m = self.matched.get(j, (self.session, j))
+            model = f"{self.version}/{sess}" if self.version and sess != self.session else sess
+            groups.setdefault(model, []).append((j, m))
+        parts = []
+        for model, pairs in groups.items():
+            reply = await self.client.request(make(model, [m for _, m in pairs]), GenImages, timeout=step.timeout_s)
+            to_recorded = {m: j for j, m in pairs}
+            for prov in reply.provenance:
+                if prov.neuron is not None:
+                    prov.neuron = to_recorded.get(prov.neuron, prov.neuron)
+            parts.append(self._generated(step, reply))
+        first = parts[0]
+        for g in parts[1:]:
+            first.result.image_ids.extend(g.result.image_ids)
+            assert first.result.labels is not None and g.result.labels is not None
+            first.result.labels.extend(g.result.labels)
+            first.pixels.update(g.pixels)
+            first.picks.extend(g.picks)
+        return first
+
+    def _bases(self, base_ids: list[str] | None, n: int, seed: int) -> list[np.ndarray]:
+        if base_ids:
+            return [self.pixels(base_ids[i % len(base_ids)]) for i in range(n)]
+        return self.base_images(n, seed)
+
+    def _generated(self, step: GenerateImages, reply: GenImages) -> Generated:
+        ids = list(reply.image_ids)
+        labels = [f"neuron={p.neuron}" if p.neuron is not None else p.method for p in reply.provenance]
+        picks = [PickDoc(image_id=i, block_id="", generator=p.method, model_version=self.version,
+                         neuron=p.neuron, score=p.score, details={"model": p.model, "source": p.source, **p.details})
+                 for i, p in zip(ids, reply.provenance, strict=True)]
+        pixels = {i: np.asarray(im) for i, im in zip(ids, reply.images, strict=True)}
+        result = GenerateResult(request_id=step.request_id, status="ready", image_ids=ids, labels=labels,
+                                model_version=self.version)
+        return Generated(result, pixels, picks)
+
+    # -- match --------------------------------------------------------------------------------------
+    async def match(self, step: MatchModels, data: TrialData, image_ids: list[str]) -> MatchResult:
+        """Match each recorded neuron to the best model neuron of any session the current version
+        predicts (Cowley et al.: models fitted on earlier days, chosen by held-out prediction)."""
+        versions = await self.client.request(ListVersions(), Versions)
+        info = next((v for v in versions.versions if v.version == versions.current), None)
+        if info is None:
+            raise ModelError("no trained model to match neurons with")
+        self.version = info.version
+        candidates = [m for m in (step.models or sorted(info.sessions)) if m in info.sessions]
+        uniq = list(dict.fromkeys(image_ids))
+        rows = np.asarray([uniq.index(i) for i in image_ids])
+        means = np.stack([np.nanmean(data.counts[rows == k], axis=0) for k in range(len(uniq))])  # (images, neurons)
+        pixels = np.stack([self.pixels(i) for i in uniq])
+        best: dict[int, tuple[float, str, int]] = {}
+        for sess in candidates:
+            pred = await self.client.request(Predict(session=sess, images=pixels), Prediction, timeout=120.0)
+            for j in range(data.n_neurons):
+                for m, p in enumerate(np.asarray(pred.responses)):
+                    r = _pearson(means[:, j], p)
+                    if r is not None and r > best.get(j, (-2.0, "", 0))[0]:
+                        best[j] = (r, sess, m)
+        self.matched = {j: (sess, m) for j, (r, sess, m) in best.items() if r >= step.min_score}
+        matches = [NeuronMatch(neuron=j, model_id=f"{self.version}/{sess}#{m}", score=r)
+                   for j, (r, sess, m) in best.items() if r >= step.min_score]
+        matches.sort(key=lambda x: -x.score)
+        if step.max_neurons is not None:
+            matches = matches[:step.max_neurons]
+        return MatchResult(matches=matches, n_neurons=data.n_neurons)
+
+
+def _pearson(y: np.ndarray, p: np.ndarray) -> float | None:
+    ok = np.isfinite(y)
+    if ok.sum() < 3 or np.std(y[ok]) == 0 or np.std(p[ok]) == 0:
+        return None
+    return float(np.corrcoef(y[ok], p[ok])[0, 1])

@@ -1,0 +1,35 @@
+"""The closed loop end to end: stimserver and modelserver processes, virtual rig, engine, store."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+from rich.console import Console
+
+from controller.demo import DemoSettings, run_demo
+from controller.store import SessionReader
+from wire.documents import PickDoc, StopDoc
+
+
+@pytest.mark.slow
+@pytest.mark.v4
+async def test_demo_learns_and_its_picks_drive_the_ground_truth(tmp_path: Path, v4_dir: Path) -> None:
+    settings = DemoSettings(sessions=1, blocks=2, normal=60, gaudy=10, active=15, neurons=6, eval_images=120,
+                            epochs_block=4, epochs_session=8, members=2, max_per_neuron=2, max_random=20,
+                            max_repeats=2, synth_steps=20, pool_crops=400)
+    summary = await run_demo(v4_dir, tmp_path, settings=settings, console=Console(width=120))
+    data = json.loads((tmp_path / "summary.json").read_text())
+    assert data["ground_truth"].startswith("6 real V4 compact models")
+    (session,) = data["sessions"]
+    assert session["exit"] == "success" and session["trials"] > 0
+    assert session["median_r"] > 0.2, session  # learned something about the hidden neurons
+    assert data["causal"]["exit"] == "success", data["causal"]
+    with SessionReader(Path(session["file"])) as r:
+        docs = list(r.documents())
+    assert isinstance(docs[-1], StopDoc)
+    assert any(isinstance(d, PickDoc) and d.generator == "active" for d in docs), "active picks were made"
+    normal = data["causal"]["max_normal"]["mean_percent_change"]
+    assert normal is not None and normal > 0, data["causal"]
+    assert summary.seconds > 0
