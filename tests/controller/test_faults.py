@@ -73,3 +73,31 @@ async def test_stimserver_killed_mid_block_pauses_then_resumes(tmp_path: Path) -
     counted = {d.trial_id for d in docs if isinstance(d, ResponseDoc)}
     assert len(counted) == 60 and len({d.trial_id for d in shown}) == len(shown)
     assert any(isinstance(d, EventDoc) and d.what == "stim_unreachable" for d in docs)
+
+
+async def test_modelserver_gone_the_fallback_block_runs(tmp_path: Path) -> None:
+    """A modelserver that stopped answering: the model-made set is replaced by its fallback, recorded."""
+    from controller.modellink import ZmqModelLink
+    from tests.controller.test_engine import run_session
+    from wire.documents import BlockDoc
+
+    dead = f"tcp://127.0.0.1:{free_port()}"  # nothing listens here any more
+
+    def plan():
+        yield PresentBlock(block_id="b0", images=[
+            ImageSet(source="normal", n_images=4, condition="normal"),
+            ImageSet(source="active", n_images=5, fallback="pool_random", timeout_s=5)], on_frames=3, off_frames=3)
+        yield WaitForCounts(block_id="b0", timeout_s=10)
+
+    def hook(engine: Engine) -> None:
+        engine.models = ZmqModelLink(dead, dead, session_id="s", pixels=lambda i: engine.pixels[i],
+                                     base_images=lambda n, s: [], timeout=1.0)
+
+    stop = await run_session(tmp_path / "ms.h5", plan(), engine_hook=hook)
+    assert stop.exit_status == "success", stop.reason
+    with SessionReader(tmp_path / "ms.h5") as r:
+        docs = list(r.documents())
+    block = next(d for d in docs if isinstance(d, BlockDoc))
+    assert block.fallback and block.params["fallbacks"] == ["active"]
+    assert [c for _, _, c in block.params["trials"]].count("active/fallback") == 5
+    assert any(isinstance(d, EventDoc) and d.what == "fallback" and "modelserver failed" in d.message for d in docs)
