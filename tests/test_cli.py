@@ -97,3 +97,28 @@ def test_run_reports_every_protocol_problem(tmp_path: Path) -> None:
     assert result.exit_code != 0
     text = str(result.exception)
     assert "3 problem(s)" in text and "bad.yaml:5:5: steps[0].repeats" in text
+
+
+async def test_pause_and_status_commands_over_an_embedded_broker(tmp_path: Path) -> None:
+    import asyncio
+
+    from controller.bus.access import BusUser
+    from controller.bus.broker import EmbeddedBroker
+    from controller.bus.mqtt import MqttBus
+    from wire.topics import PauseCommand, SessionStatus
+
+    ctl, op = BusUser("controller", "pw-c", "controller", "rig7"), BusUser("operator", "pw-o", "operator", "rig7")
+    async with EmbeddedBroker.for_users(tmp_path, [ctl, op]) as broker:
+        creds = tmp_path / "bus-operator.json"
+        creds.write_text(f'{{"broker": "{broker.host}:{broker.port}", "rig": "rig7", "username": "operator", '
+                         f'"password": "pw-o"}}')
+        async with MqttBus("rig7", broker.host, broker.port, username="controller", password="pw-c") as bus:
+            await bus.publish(SessionStatus(rig="rig7", state="running", session_id="s9"))
+            result = await asyncio.to_thread(runner.invoke, app, ["status", "--credentials", str(creds)])
+            assert result.exit_code == 0, result.output
+            assert '"state": "running"' in result.output and "s9" in result.output
+            result = await asyncio.to_thread(runner.invoke, app, ["pause", "--credentials", str(creds),
+                                                                  "--reason", "fix the juice line"])
+            assert result.exit_code == 0, result.output
+            cmd = await asyncio.wait_for(anext(aiter(bus.commands())), 10)
+            assert isinstance(cmd, PauseCommand) and cmd.reason == "fix the juice line"
