@@ -103,6 +103,19 @@ def demo(
 
 
 @app.command()
+def report(
+    sessions: Annotated[list[Path], typer.Argument(help="session files (HDF5)")],
+    out: Annotated[Path, typer.Option(help="folder for index.html and its figures")] = Path("out/report"),
+    summary: Annotated[Path | None, typer.Option(help="a demo's summary.json (ground-truth figures)")] = None,
+) -> None:
+    """An HTML page with PNG figures: model versions, causal tests, image grids, timing."""
+    from controller.report import write_report
+
+    page = write_report(sessions, out, summary)
+    console.print(f"report: {page}")
+
+
+@app.command()
 def simulate(files: list[Path], neurons: Annotated[int, typer.Option(help="simulated neurons")] = 20) -> None:
     """Run protocol files without any server and print the steps they would take."""
     from protocols.simulate import SimConfig, simulate_file

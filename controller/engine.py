@@ -64,6 +64,7 @@ from wire.documents import (
     BlockDoc,
     EventDoc,
     ImageDoc,
+    ModelVersionDoc,
     PickDoc,
     ResponseDoc,
     StartDoc,
@@ -357,7 +358,12 @@ class Engine:
         if isinstance(step, Ingest):
             return await self._ingest(step)
         if isinstance(step, Retrain):
-            return await self.models.retrain(step)
+            result = await self.models.retrain(step)
+            if result.status == "done":
+                metrics = {"val_r": result.heldout_score} if result.heldout_score is not None else {}
+                self.store.write(ModelVersionDoc(version=result.model_version, n_images=0, metrics=metrics,
+                                                 details={"scope": result.scope}))
+            return result
         if isinstance(step, GenerateImages):
             return await self._generate(step)
         if isinstance(step, MatchModels):

@@ -78,6 +78,11 @@ def test_run_a_protocol_on_embedded_defaults(tmp_path: Path) -> None:
     analysis = next(d for d in docs if isinstance(d, StepDoc) and d.step["kind"] == "analyse")
     assert analysis.result["comparisons"][0]["condition"] == "gaudy"
     assert (tmp_path / "out" / "bus-operator.json").stat().st_mode & 0o077 == 0
+    report = runner.invoke(app, ["report", str(tmp_path / "out" / "s1.h5"), "--out", str(tmp_path / "report")])
+    assert report.exit_code == 0, report.output
+    page = (tmp_path / "report" / "index.html").read_text()
+    assert "s1-causal.png" in page and "timing.png" in page and "gaudy" in page
+    assert (tmp_path / "report" / "s1-causal.png").stat().st_size > 1000
     again = runner.invoke(app, ["run", str(proto), "--out", str(tmp_path / "out"), "--session-id", "s1"])
     assert again.exit_code != 0 and "--resume" in str(again.exception)
 

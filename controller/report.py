@@ -1,0 +1,166 @@
+"""``cortexloop report``: an HTML page with PNG figures (matplotlib) from session files.
+
+Figures, each drawn only when the sessions hold what it needs:
+
+- model versions: the ensemble's validation r after each retraining, across sessions;
+- held-out performance per neuron against the ground truth, from a demo's ``summary.json``;
+- the causal test (Cowley et al. Fig. 2): per neuron, % change of the mean response to its
+  maximizing natural and synthesized images relative to random natural images, with the
+  permutation-test p-values;
+- grids of the images shown per condition (maximizing, synthesized, adversarial, ...);
+- timing: dropped frames and trials per block.
+"""
+
+from __future__ import annotations
+
+import html
+import json
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from controller.store import SessionReader
+from wire.documents import BlockDoc, ModelVersionDoc, StepDoc, TrialDoc
+
+
+def _plt() -> Any:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    return plt
+
+
+def _save(fig: Any, out: Path, name: str) -> str:
+    fig.tight_layout()
+    fig.savefig(out / name, dpi=100)
+    _plt().close(fig)
+    return name
+
+
+def _versions(sessions: dict[str, list[Any]], out: Path) -> str | None:
+    rows = [(name, d) for name, docs in sessions.items() for d in docs if isinstance(d, ModelVersionDoc)]
+    if not rows:
+        return None
+    fig, ax = _plt().subplots(figsize=(7, 3))
+    ax.plot(range(len(rows)), [d.metrics.get("val_r", np.nan) for _, d in rows], "o-")
+    ax.set_xticks(range(len(rows)), [f"{n}\n{d.details.get('scope', '')}" for n, d in rows], fontsize=6)
+    ax.set_ylabel("validation r (ensemble)")
+    ax.set_title("model versions")
+    return _save(fig, out, "versions.png")
+
+
+def _heldout(summary: dict[str, Any], out: Path) -> str | None:
+    sessions = summary.get("sessions") or []
+    if not sessions:
+        return None
+    fig, ax = _plt().subplots(figsize=(7, 3))
+    for k, s in enumerate(sessions):
+        r = s.get("r_per_neuron", [])
+        ax.scatter(np.full(len(r), k) + np.random.default_rng(k).uniform(-0.1, 0.1, len(r)), r, s=12)
+        ax.plot([k - 0.25, k + 0.25], [s["median_r"]] * 2, "k-")
+    ax.set_xticks(range(len(sessions)), [s["session"] for s in sessions], fontsize=7)
+    ax.set_ylabel("r vs ground truth (held-out images)")
+    ax.set_title("prediction performance per neuron across sessions")
+    return _save(fig, out, "heldout.png")
+
+
+def _causal(docs: list[Any], out: Path, stem: str) -> tuple[str | None, list[dict[str, Any]]]:
+    analyses = [d for d in docs if isinstance(d, StepDoc) and d.step.get("kind") == "analyse"]
+    comps = [c for a in analyses for c in a.result.get("comparisons", [])]
+    if not comps:
+        return None, []
+    fig, ax = _plt().subplots(figsize=(7, 3))
+    width = 0.8 / len(comps)
+    for k, c in enumerate(comps):
+        pc = np.array([np.nan if v is None else v for v in c["percent_change"]], dtype=float)
+        x = np.arange(len(pc)) + k * width
+        ax.bar(x, pc, width, label=f"{c['condition']} vs {c['baseline']}")
+        for xi, p, v in zip(x, c["p_values"], pc, strict=False):
+            if p < 0.05 and np.isfinite(v):
+                ax.text(xi, v, "*", ha="center")
+    ax.axhline(0, color="k", lw=0.5)
+    ax.set_xlabel("neuron")
+    ax.set_ylabel("% change of mean response")
+    ax.legend(fontsize=7)
+    ax.set_title("causal test (* p < 0.05, permutation test)")
+    return _save(fig, out, f"{stem}-causal.png"), comps
+
+
+def _grids(docs: list[Any], images: dict[str, np.ndarray], out: Path, stem: str) -> list[str]:
+    names = []
+    for block in (d for d in docs if isinstance(d, BlockDoc)):
+        by_cond: dict[str, list[str]] = {}
+        for _, image, cond in block.params.get("trials", []):
+            if image not in by_cond.setdefault(cond, []):
+                by_cond[cond].append(image)
+        conds = sorted(c for c in by_cond if not c.startswith(("normal", "random_normal", "heldout", "gaudy")))
+        if not conds:
+            continue
+        cols = max(len(by_cond[c][:8]) for c in conds)
+        fig, axes = _plt().subplots(len(conds), cols, figsize=(cols * 1.1, len(conds) * 1.2), squeeze=False)
+        for i, c in enumerate(conds):
+            for j in range(cols):
+                ax = axes[i][j]
+                ax.axis("off")
+                if j < len(by_cond[c][:8]):
+                    ax.imshow(images[by_cond[c][j]])
+            axes[i][0].set_title(c, fontsize=6, loc="left")
+        names.append(_save(fig, out, f"{stem}-{block.block_id}-images.png"))
+    return names
+
+
+def _timing(sessions: dict[str, list[Any]], out: Path) -> str | None:
+    rows = []
+    for name, docs in sessions.items():
+        for b in (d for d in docs if isinstance(d, BlockDoc)):
+            trials = [d for d in docs if isinstance(d, TrialDoc) and d.block_id == b.block_id]
+            rows.append((f"{name}:{b.block_id}", len(trials), sum(t.dropped_frames for t in trials)))
+    if not rows:
+        return None
+    fig, ax = _plt().subplots(figsize=(7, 3))
+    ax.bar(range(len(rows)), [r[2] for r in rows])
+    ax.set_xticks(range(len(rows)), [r[0] for r in rows], rotation=60, fontsize=5, ha="right")
+    ax.set_ylabel("dropped frames")
+    ax.set_title("timing per block")
+    return _save(fig, out, "timing.png")
+
+
+def write_report(session_files: list[Path], out: Path, summary_file: Path | None = None) -> Path:
+    """Write ``out/index.html`` and its PNGs; returns the page's path."""
+    out.mkdir(parents=True, exist_ok=True)
+    sessions: dict[str, list[Any]] = {}
+    images: dict[str, dict[str, np.ndarray]] = {}
+    for f in session_files:
+        with SessionReader(f) as r:
+            sessions[f.stem] = list(r.documents())
+            images[f.stem] = r.images()
+    parts = ["<h1>cortexloop report</h1>",
+             f"<p>{len(sessions)} session(s): {html.escape(', '.join(sessions))}</p>"]
+
+    def img(name: str | None, caption: str) -> None:
+        if name:
+            parts.append(f"<figure><img src='{name}'><figcaption>{html.escape(caption)}</figcaption></figure>")
+
+    summary = json.loads(summary_file.read_text()) if summary_file and summary_file.is_file() else {}
+    if summary:
+        parts.append(f"<p>ground truth: {html.escape(str(summary.get('ground_truth')))}; "
+                     f"device {html.escape(str(summary.get('device')))}</p>")
+        img(_heldout(summary, out), "held-out prediction performance per neuron (ground truth), by session")
+    img(_versions(sessions, out), "model versions")
+    for stem, docs in sessions.items():
+        name, comps = _causal(docs, out, stem)
+        if name:
+            img(name, f"{stem}: causal test")
+            rows = "".join(f"<tr><td>{html.escape(c['condition'])}</td><td>{c['median_percent_change']}</td>"
+                           f"<td>{c['n_significant']}/{len(c['neurons'])}</td></tr>" for c in comps)
+            parts.append(f"<table border=1><tr><th>condition</th><th>median %dr</th><th>p&lt;0.05</th></tr>"
+                         f"{rows}</table>")
+        for g in _grids(docs, images[stem], out, stem):
+            img(g, f"{stem}: images per condition")
+    img(_timing(sessions, out), "dropped frames per block")
+    page = out / "index.html"
+    page.write_text("<!doctype html><meta charset=utf-8><title>cortexloop report</title>\n" + "\n".join(parts))
+    return page
