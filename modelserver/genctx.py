@@ -20,8 +20,8 @@ import torch
 from torch.nn import functional as F
 
 from modelserver.ensemble import DeepEnsemble
-from modelserver.generate.pool import package_sample_images, v4_images
-from wire.errors import InvalidRequest, ModelError, NotFound
+from modelserver.generate.handlers import natural_images, pool_file
+from wire.errors import ModelError, NotFound
 
 if TYPE_CHECKING:
     from modelserver.server import ModelServer
@@ -91,14 +91,7 @@ class ServerGenerationContext:
         return EnsembleView(ens, session, members=True)
 
     def pool_path(self, name: str, create: bool = False) -> Path:
-        if not name or name.startswith(".") or not all(c.isalnum() or c in "-_." for c in name):
-            raise InvalidRequest(f"bad pool name {name!r}")
-        path = self.pool_dir / f"{name}.h5"
-        if not create and not path.is_file():
-            raise NotFound(f"no pool {name!r} in {self.pool_dir}")
-        return path
+        return pool_file(self.pool_dir, name, create)
 
     def natural_sources(self) -> list[np.ndarray]:
-        src = list(v4_images(self.v4_dir)) if self.v4_dir is not None else []
-        return src + package_sample_images()
-
+        return natural_images(self.v4_dir)

@@ -2,10 +2,12 @@
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator
+import asyncio
+from collections.abc import AsyncIterator, Callable
 from types import TracebackType
 from typing import Protocol, runtime_checkable
 
+from wire.errors import BusError
 from wire.topics import AbortCommand, BusMessage, PauseCommand, ResumeCommand, Topics
 
 Command = PauseCommand | ResumeCommand | AbortCommand
@@ -57,3 +59,19 @@ def filter_within(requested: str, allowed: str) -> bool:
         if i >= len(r) or r[i] == "#" or (level != "+" and (r[i] == "+" or level != r[i])):
             return False
     return len(r) == len(a)
+
+
+async def first_status(statuses: AsyncIterator[BusMessage], predicate: Callable[[BusMessage], bool],
+                       timeout: float, where: str) -> BusMessage:
+    """The first status from ``statuses`` that satisfies ``predicate``, or BusError after ``timeout`` s."""
+
+    async def first() -> BusMessage:
+        async for msg in statuses:
+            if predicate(msg):
+                return msg
+        raise BusError("status stream ended")
+
+    try:
+        return await asyncio.wait_for(first(), timeout)
+    except TimeoutError as exc:
+        raise BusError(f"no matching status {where}within {timeout} s") from exc

@@ -13,7 +13,7 @@ from dataclasses import dataclass, field
 from types import TracebackType
 
 from controller.bus.access import BusUser, acl_for
-from controller.bus.base import Command, filter_within, topic_matches
+from controller.bus.base import Command, filter_within, first_status, topic_matches
 from wire.errors import BusError, DecodeError
 from wire.topics import BusMessage, SessionEvent, Topics, decode_command, decode_status, encode_payload
 from wire.topics import Command as CommandMsg
@@ -163,13 +163,4 @@ class FakeOperator:
             yield decode_status(topic, payload, self.rig)
 
     async def wait_for(self, predicate: Callable[[BusMessage], bool], timeout: float = 5.0) -> BusMessage:
-        async def first() -> BusMessage:
-            async for msg in self.statuses():
-                if predicate(msg):
-                    return msg
-            raise BusError("status stream ended")
-
-        try:
-            return await asyncio.wait_for(first(), timeout)
-        except TimeoutError as exc:
-            raise BusError(f"no matching status within {timeout} s") from exc
+        return await first_status(self.statuses(), predicate, timeout, "")

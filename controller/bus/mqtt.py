@@ -14,7 +14,7 @@ from typing import Any
 
 import aiomqtt
 
-from controller.bus.base import Command
+from controller.bus.base import Command, first_status
 from wire.errors import BusError, DecodeError
 from wire.topics import (
     BusMessage,
@@ -161,13 +161,4 @@ class MqttOperator(_Client):
             yield decode_status(topic, payload, self.rig)
 
     async def wait_for(self, predicate: Callable[[BusMessage], bool], timeout: float = 10.0) -> BusMessage:
-        async def first() -> BusMessage:
-            async for msg in self.statuses():
-                if predicate(msg):
-                    return msg
-            raise BusError("status stream ended")
-
-        try:
-            return await asyncio.wait_for(first(), timeout)
-        except TimeoutError as exc:
-            raise BusError(f"no matching status from rig {self.rig!r} within {timeout} s") from exc
+        return await first_status(self.statuses(), predicate, timeout, f"from rig {self.rig!r} ")

@@ -84,16 +84,26 @@ class LocalGenerationContext:
         return self.ensembles[ensemble_id]
 
     def pool_path(self, name: str, create: bool = False) -> Path:
-        if not name or not all(c.isalnum() or c in "-_." for c in name) or name.startswith("."):
-            raise InvalidRequest(f"bad pool name {name!r}")
-        path = Path(self.pool_dir) / f"{name}.h5"
-        if not create and not path.is_file():
-            raise NotFound(f"no pool {name!r} in {self.pool_dir}")
-        return path
+        return pool_file(self.pool_dir, name, create)
 
     def natural_sources(self) -> list[np.ndarray]:
-        src = list(v4_images(self.v4_dir)) if self.v4_dir is not None else []
-        return src + package_sample_images()
+        return natural_images(self.v4_dir)
+
+
+def pool_file(pool_dir: Path, name: str, create: bool = False) -> Path:
+    """``<pool_dir>/<name>.h5``; a bad name is InvalidRequest, a missing pool NotFound (unless ``create``)."""
+    if not name or not all(c.isalnum() or c in "-_." for c in name) or name.startswith("."):
+        raise InvalidRequest(f"bad pool name {name!r}")
+    path = Path(pool_dir) / f"{name}.h5"
+    if not create and not path.is_file():
+        raise NotFound(f"no pool {name!r} in {pool_dir}")
+    return path
+
+
+def natural_images(v4_dir: Path | None) -> list[np.ndarray]:
+    """Local natural images for pool crops: the V4 session images (if given) and packages' samples."""
+    src = list(v4_images(v4_dir)) if v4_dir is not None else []
+    return src + package_sample_images()
 
 
 def to_reply(gen: Generated, controls: Generated | None = None) -> GenImages:
