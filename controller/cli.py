@@ -154,6 +154,50 @@ def run(
         raise typer.Exit(1)
 
 
+@app.command()
+def replay(
+    sessions: Annotated[list[Path], typer.Argument(help="session files, replayed in this order")],
+    out: Annotated[Path, typer.Option(help="folder for the replayed session files")] = Path("out/replay"),
+    policy: Annotated[str | None, typer.Option(
+        help="active-learning strategy to use instead of the recorded one: ensemble_variance, max_entropy, "
+             "random (what would it have picked?)")] = None,
+    modelserver: Annotated[str, typer.Option(
+        help="auto (start one if the protocol has model steps), start, none, or RPC,EVENTS")] = "auto",
+    data: Annotated[Path | None, typer.Option(help="the demo's V4 data folder (its image pool), when "
+                                                 "replaying demo sessions")] = None,
+    device: Annotated[str, typer.Option(help="modelserver device: auto, cpu, cuda, ...")] = "auto",
+    seed: Annotated[int | None, typer.Option(help="session seed (default: the recorded one)")] = None,
+) -> None:
+    """Re-drive stored sessions: recorded counts answer, the display-free presenter shows, the model learns."""
+    from controller.replay_cli import run_replay
+
+    out.mkdir(parents=True, exist_ok=True)
+    outcomes = run_replay(sessions, out, policy=policy, modelserver=modelserver, data=data, device=device,
+                          seed=seed, console=console)
+    if any(o.stop.exit_status == "fail" for o in outcomes):
+        raise typer.Exit(1)
+
+
+@app.command("import-v4")
+def import_v4(
+    sessions: Annotated[list[str], typer.Argument(help="session names, e.g. 190923 210325")],
+    data: Annotated[Path, typer.Option(help="a folder in the layout of ../shared/data/v4")] = Path("../shared/data/v4"),
+    out: Annotated[Path, typer.Option(help="folder for the session files (v4-<session>.h5)")] = Path("out/v4"),
+    responses: Annotated[str, typer.Option(help="auto (raw when present), avg or raw")] = "auto",
+    block_size: Annotated[int, typer.Option(help="images per block")] = 300,
+    overwrite: Annotated[bool, typer.Option(help="replace existing files")] = False,
+) -> None:
+    """Turn recorded V4 sessions (images + counts) into session files that can be replayed."""
+    from controller.importer import import_v4 as do_import
+
+    if responses not in ("auto", "avg", "raw"):
+        raise typer.BadParameter("--responses takes auto, avg or raw")
+    for s in sessions:
+        path = do_import(data, s, out, kind=responses, block_size=block_size,  # type: ignore[arg-type]
+                         overwrite=overwrite)
+        console.print(f"{s}: {path}")
+
+
 def _operator(credentials: Path | None, broker: str | None, rig: str | None, username: str | None,
               password: str | None) -> Any:
     from controller.bus.mqtt import MqttOperator

@@ -237,7 +237,7 @@ async def run_demo(data: Path | None, out: Path, *, sessions: int | None = None,
                 "gaudy": settings.gaudy, "timing": {"on_frames": 4, "off_frames": 4}, "retrain": "both",
                 "active": {"n_images": settings.active, "start_block": 0 if k else 1, "timeout_s": 300},
                 "prefetch": False})
-            stop, path = await _run(cfg.model_copy(update={"session_id": sid}), proto, lib, truth_model, rpc, events,
+            stop, path = await run_session(cfg.model_copy(update={"session_id": sid}), proto, lib, truth_model, rpc, events,
                                     settings, console)
             score = await score_session(rpc, model_session(sid), held, truth_held)
             summary.sessions.append({"session": sid, "file": str(path), "exit": stop.exit_status,
@@ -250,7 +250,7 @@ async def run_demo(data: Path | None, out: Path, *, sessions: int | None = None,
             "heldout": {"n_images": 40, "repeats": 3}, "match": {"min_score": 0.3},
             "n_per_neuron": settings.max_per_neuron, "n_random": settings.max_random, "repeats": settings.max_repeats,
             "synth": {"steps": settings.synth_steps, "timeout_s": 900}, "analysis": {"n_permutations": 500}})
-        stop, path = await _run(cfg.model_copy(update={"session_id": sid}), maximize, lib, truth_model, rpc, events,
+        stop, path = await run_session(cfg.model_copy(update={"session_id": sid}), maximize, lib, truth_model, rpc, events,
                                 settings, console)
         summary.causal = {"session": sid, "file": str(path), "exit": stop.exit_status,
                           **causal_truth(path, truth_model)}
@@ -260,7 +260,7 @@ async def run_demo(data: Path | None, out: Path, *, sessions: int | None = None,
     return summary
 
 
-async def _run(cfg: RunConfig, proto: Any, lib: ImageLibrary, truth_model: Any, rpc: str, events: str,
+async def run_session(cfg: RunConfig, proto: Any, lib: ImageLibrary, truth_model: Any, rpc: str, events: str,
                settings: DemoSettings, console: Console) -> tuple[Any, Path]:
     from controller.progress import SessionProgress
 

@@ -108,6 +108,17 @@ class ModelLink(Protocol):
     async def match(self, step: MatchModels, data: TrialData, image_ids: list[str]) -> MatchResult: ...
 
 
+class Recording(Protocol):
+    """A stored session the engine replays (:class:`controller.replay.Recording`): its blocks are
+    shown as recorded and its counts answer in place of an acquisition source."""
+
+    def block(self, block_id: str) -> BlockDoc | None: ...
+
+    def image(self, image_id: str) -> np.ndarray: ...
+
+    def closed_trial(self, trial_id: str, ev: TrialEvent) -> ClosedTrial: ...
+
+
 class NoModelServer:
     """The seam when no modelserver is configured: every request is unavailable (fallbacks run)."""
 
@@ -178,6 +189,8 @@ class Engine:
         self.binner = binner
         self.images = images
         self.models: ModelLink = models if models is not None else NoModelServer()
+        #: replay: blocks as recorded, recorded counts instead of the acquisition stream
+        self.recording: Recording | None = None
         self.session = StateMachine("session", SessionState.IDLE, SESSION_TRANSITIONS)
         self.blocks: dict[str, BlockRecord] = {}
         self.trials: dict[str, TrialRecord] = {}
@@ -459,6 +472,8 @@ class Engine:
 
     # -- blocks ----------------------------------------------------------------------------------------
     async def _prepare_block(self, step: PresentBlock) -> BlockRecord:
+        if self.recording is not None:
+            return await self._prepare_recorded(step, self.recording)
         ids: list[str] = []
         conds: list[str] = []
         picks: list[PickDoc] = []
@@ -482,7 +497,48 @@ class Engine:
                                   fallback=bool(fallbacks), n_trials=len(recs),
                                   params={"step": step.model_dump(mode="json"), "fallbacks": fallbacks,
                                           "trials": [[r.trial_id, r.image_id, r.condition] for r in recs]}))
-        block = BlockRecord(step.block_id, step, recs, dict(zip(ids, conds, strict=True)), fallbacks,
+        return self._add_block(step, recs, dict(zip(ids, conds, strict=True)), fallbacks)
+
+    async def _prepare_recorded(self, step: PresentBlock, recording: Recording) -> BlockRecord:
+        """Replay: the block's trials exactly as recorded (same ids, images, order and conditions).
+
+        Generated image sets are still requested from the model: what it picks now is written as
+        pick documents marked ``counterfactual`` (shown: whether the recording showed that image).
+        """
+        recorded = recording.block(step.block_id)
+        if recorded is None:
+            raise ProtocolError(f"replay: block {step.block_id!r} is not in the recording")
+        recs = [TrialRecord(tid, step.block_id, n, img, cond)
+                for n, (tid, img, cond) in enumerate(recorded.params["trials"])]
+        for r in recs:
+            if r.image_id not in self.pixels:
+                self.pixels[r.image_id] = recording.image(r.image_id)
+        shown = {r.image_id for r in recs}
+        picks: list[PickDoc] = []
+        for s in step.images:
+            if not s.generated:
+                continue
+            try:
+                gen = await self._model_images(step, s, self._request_for(step, s))
+            except (TimeoutError, CortexloopError) as exc:
+                self._event("generate_failed", f"replay: {s.label} picks failed ({type(exc).__name__}: {exc})",
+                            block_id=step.block_id)
+                continue
+            picks += [p.model_copy(update={"block_id": step.block_id, "details": {
+                **p.details, "counterfactual": True, "shown": p.image_id in shown}}) for p in gen.picks]
+        for img in dict.fromkeys(r.image_id for r in recs):
+            self.store.write(ImageDoc(image_id=img, pixels=self.pixels[img]))
+        self.store.write_many(picks)
+        fallbacks = list(recorded.params.get("fallbacks", []))
+        self.store.write(BlockDoc(block_id=step.block_id, index=len(self.blocks), source=recorded.source,
+                                  fallback=recorded.fallback, n_trials=len(recs),
+                                  params={"step": step.model_dump(mode="json"), "fallbacks": fallbacks,
+                                          "trials": recorded.params["trials"], "replay_of": recorded.uid}))
+        return self._add_block(step, recs, {r.image_id: r.condition for r in recs}, fallbacks)
+
+    def _add_block(self, step: PresentBlock, recs: list[TrialRecord], conditions: dict[str, str],
+                   fallbacks: list[str]) -> BlockRecord:
+        block = BlockRecord(step.block_id, step, recs, conditions, fallbacks,
                             StateMachine(f"block {step.block_id}", BlockState.PREPARING, BLOCK_TRANSITIONS))
         block.state.on_change(lambda o, n: self._status("block", {"block_id": step.block_id, "state": n.value}))
         for r in recs:
@@ -605,6 +661,9 @@ class Engine:
         self._status("trial", {"block_id": rec.block_id, "index": rec.index,
                                "done": sum(r.shown for r in self.blocks[rec.block_id].trials),
                                "total": len(self.blocks[rec.block_id].trials)})
+        if self.recording is not None:
+            self._on_closed([self.recording.closed_trial(rec.trial_id, ev)])
+            return
         self._on_closed(self.binner.add_trial(rec.trial_id, ev.onset, block_id=rec.block_id,
                                               image_id=rec.image_id, index=rec.index))
 
@@ -626,8 +685,10 @@ class Engine:
             if not c.complete:
                 log.warning("trial %s closed without a complete window; no counts recorded", c.trial_id)
                 continue
+            counts = np.asarray(c.counts)  # spike counts as int32; repeat-averaged (imported) ones stay float
             rec.counts = ResponseDoc(trial_id=c.trial_id, units=[str(u) for u in c.unit_ids],
-                                     counts=np.asarray(c.counts, dtype=np.int32), window=c.window,
+                                     counts=counts if counts.dtype.kind == "f" else counts.astype(np.int32),
+                                     window=c.window,
                                      onset_acq=c.onset_acq)
             docs.append(rec.counts)
         if docs:
@@ -645,8 +706,10 @@ class Engine:
             done = [r for r in shown if r.counts is not None]
             if len(done) == len(shown):
                 break
-            if self._acq_error is not None or time.monotonic() >= deadline:
+            # a replay has closed every shown trial already: what has no counts was never counted
+            if self._acq_error is not None or time.monotonic() >= deadline or self.recording is not None:
                 why = f"acquisition failed: {self._acq_error}" if self._acq_error else \
+                    "the recording has no counts for the rest" if self.recording is not None else \
                     f"no counts after {step.timeout_s:g} s"
                 if len(done) < step.min_fraction * len(shown):
                     raise AcquisitionError(f"block {step.block_id}: {len(done)} of {len(shown)} trials have "

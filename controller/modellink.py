@@ -184,7 +184,8 @@ class ZmqModelLink:
         cmd: Any
         if isinstance(p, ActiveParams):
             await self._ensure_pool()
-            cmd = GenActive(ensemble=await self._active_ensemble(), pool=self.pool, k=n, seed=seed)
+            cmd = GenActive(ensemble=await self._active_ensemble(), pool=self.pool, k=n, seed=seed,
+                            strategy=p.strategy, candidates=p.pool_size)
         elif isinstance(p, MaximizeNormalParams):
             await self._ensure_pool()
             return await self._per_model(step, p.neurons, lambda model, ns: GenMaximize(

@@ -17,7 +17,7 @@ import dataclasses
 import logging
 import math
 import time
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Iterable, Iterator, Mapping
 from dataclasses import asdict, dataclass, field
 from typing import Any, Literal
 
@@ -98,6 +98,26 @@ def to_input(images: np.ndarray | torch.Tensor, size: int, device: torch.device 
     return x.contiguous()
 
 
+class SessionModules(nn.ModuleDict):
+    """A ModuleDict keyed by session names. Names may hold '.' (a replay's ``x.replay``), which torch's
+    module names may not: it is stored as ':' (never in a session name), so keys cannot collide."""
+
+    def __getitem__(self, key: str) -> nn.Module:
+        return super().__getitem__(key.replace(".", ":"))
+
+    def __setitem__(self, key: str, module: nn.Module) -> None:
+        super().__setitem__(key.replace(".", ":"), module)
+
+    def __contains__(self, key: object) -> bool:
+        return isinstance(key, str) and super().__contains__(key.replace(".", ":"))
+
+    def __iter__(self) -> Iterator[str]:
+        return (k.replace(":", ".") for k in super().__iter__())
+
+    def keys(self) -> Iterable[str]:  # type: ignore[override]
+        return list(iter(self))
+
+
 class DeepEnsemble(nn.Module):
     """Core (M members) + one readout per session. ``forward(x, session) -> (B, M, N)``."""
 
@@ -120,7 +140,7 @@ class DeepEnsemble(nn.Module):
         self.core = StackedCore(c.members, in_channels, c.channels, c.strides, first_stride=c.first_stride,
                                 first_kernel=c.first_kernel)
         self.map_size = self.core.output_size(*size)
-        self.readouts = nn.ModuleDict()
+        self.readouts = SessionModules()
         self.ridge: dict[str, list[RidgeReadout]] = {}
         self.session_neurons: dict[str, int] = {}
 

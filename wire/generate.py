@@ -50,6 +50,9 @@ class GenActive(Message):
     neurons: NeuronList | None = Field(default=None, description="neurons whose disagreement counts (None: all)")
     min_distance: float = Field(default=0.04, ge=0, description="RMS distance (0..1 pixels, 4x pooled) between picks")
     seed: int = Field(default=0, description="seed of the reference sample used to normalize per neuron")
+    strategy: Literal["ensemble_variance", "max_entropy", "random"] = Field(
+        default="ensemble_variance", description="acquisition function (random: the control policy)")
+    candidates: int | None = Field(default=None, ge=1, description="score this many random pool images (None: all)")
 
 
 class GenMaximize(Message):

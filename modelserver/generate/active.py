@@ -1,8 +1,11 @@
 """Active-learning picks: pool images on which the ensemble members disagree most, kept diverse.
 
-Score of an image = sum over neurons of (variance across members of the predicted response)
-/ (that neuron's mean variance over a random reference sample of the pool), so every
-neuron counts alike whatever its response scale. Picks are taken greedily in score order,
+Strategies (the protocol's ``active.strategy``): ``ensemble_variance`` scores an image by the
+sum over neurons of (variance across members of the predicted response) / (that neuron's mean
+variance over a random reference sample of the pool), so every neuron counts alike whatever its
+response scale; ``max_entropy`` by the entropy of the predicted count distribution (Poisson
+noise plus member disagreement); ``random`` is the control. Only ``candidates`` random pool
+images are scored when given (the protocol's ``pool_size``). Picks are taken greedily in score order,
 skipping any image closer than ``min_distance`` (RMS difference on 0..1 pixels, 4x
 average-pooled) to one already picked: no near-duplicates.
 """
@@ -10,6 +13,7 @@ average-pooled) to one already picked: no near-duplicates.
 from __future__ import annotations
 
 from collections.abc import Callable, Sequence
+from typing import Literal
 
 import numpy as np
 import torch
@@ -17,7 +21,7 @@ from torch.nn import functional as F
 
 from modelserver.compact import preprocess
 from modelserver.generate.models import Ensemble, Generated, Pick, check_neurons, model_name
-from modelserver.generate.pool import ImagePool, check_k, score_batches
+from modelserver.generate.pool import ImagePool, check_k
 from wire.errors import InvalidRequest
 
 
@@ -60,31 +64,69 @@ def diverse_greedy(order: np.ndarray, images_of: Callable[[np.ndarray], np.ndarr
     return kept
 
 
+Strategy = Literal["ensemble_variance", "max_entropy", "random"]
+STRATEGIES: tuple[str, ...] = Strategy.__args__  # type: ignore[attr-defined]
+
+
+def _scores(ensemble: Ensemble, pool: ImagePool, cand: np.ndarray, cols: torch.Tensor, strategy: str,
+            ref_idx: np.ndarray, batch_size: int, device: torch.device | str) -> np.ndarray:
+    """Acquisition score of each candidate (higher: more informative).
+
+    ``ensemble_variance``: sum over neurons of the members' variance, each neuron's divided by its
+    mean over the reference sample. ``max_entropy``: sum over neurons of the entropy of a Gaussian
+    approximation of the predictive count distribution, variance = mean prediction (Poisson noise)
+    + member variance, relative to the reference sample (0.5 log(v / mean reference v)).
+    """
+    def stats(idx: np.ndarray) -> torch.Tensor:
+        out = []
+        with torch.no_grad():
+            for s in range(0, len(idx), batch_size):
+                pred = ensemble(preprocess(pool.read(idx[s: s + batch_size]), device=device))
+                if pred.ndim != 3:
+                    raise InvalidRequest(f"an ensemble must return (members, N, neurons), got {tuple(pred.shape)}")
+                var = pred.var(dim=0, unbiased=False)
+                if strategy == "max_entropy":
+                    var = var + pred.mean(0).clamp_min(0.0)
+                out.append(var[:, cols].double().cpu())
+        return torch.cat(out)
+
+    scale = stats(ref_idx).mean(0).clamp_min(1e-12)
+    v = stats(cand) / scale
+    return (0.5 * v.clamp_min(1e-12).log() if strategy == "max_entropy" else v).sum(1).numpy()
+
+
 def active_pool(ensemble: Ensemble, pool: ImagePool, k: int, min_distance: float = 0.04,
                 neurons: Sequence[int] | None = None, reference: int = 1024, seed: int = 0,
-                batch_size: int = 256, device: torch.device | str = "cpu") -> Generated:
-    """Top ``k`` pool images by normalized ensemble disagreement, without near-duplicates."""
+                batch_size: int = 256, device: torch.device | str = "cpu", strategy: str = "ensemble_variance",
+                candidates: int | None = None) -> Generated:
+    """Top ``k`` of ``candidates`` random pool images (all: None) by ``strategy``, without near-duplicates.
+
+    ``random`` scores nothing: a seeded random order of the candidates (the control policy).
+    """
+    if strategy not in STRATEGIES:
+        raise InvalidRequest(f"unknown active-learning strategy {strategy!r}: one of {', '.join(STRATEGIES)}")
     k = check_k(k, len(pool))
+    if candidates is not None and candidates < k:
+        raise InvalidRequest(f"{candidates} candidates cannot give {k} picks")
     cols = torch.tensor(check_neurons(neurons if neurons is not None else range(ensemble.n_neurons),
                                       ensemble.n_neurons))
     rng = np.random.default_rng(seed)
     ref_idx = np.sort(rng.choice(len(pool), size=min(reference, len(pool)), replace=False))
-    with torch.no_grad():
-        ref = torch.cat([member_variance(ensemble, preprocess(pool.read(ref_idx[s: s + batch_size]),
-                                                              device=device))[:, cols]
-                         for s in range(0, len(ref_idx), batch_size)])
-    scale = ref.mean(0).clamp_min(1e-12)
-    scores = np.empty(len(pool), dtype=np.float64)
-    ens_fn = lambda x: member_variance(ensemble, x)  # noqa: E731
-    for start, var in score_batches(pool, ens_fn, batch_size, device):
-        scores[start: start + len(var)] = (var[:, cols] / scale).sum(1).double().cpu().numpy()
-    order = np.argsort(-scores, kind="stable")
-    chosen = diverse_greedy(order, pool.read, k, min_distance)
-    if len(chosen) < k:
-        raise InvalidRequest(f"only {len(chosen)} pool images are at least {min_distance} apart; asked for {k}")
+    n = len(pool) if candidates is None else min(candidates, len(pool))
+    cand = np.arange(len(pool)) if n == len(pool) else np.sort(rng.choice(len(pool), size=n, replace=False))
+    if strategy == "random":
+        scores = np.zeros(len(cand))
+        order = rng.permutation(len(cand))
+    else:
+        scores = _scores(ensemble, pool, cand, cols, strategy, ref_idx, batch_size, device)
+        order = np.argsort(-scores, kind="stable")
+    chosen_pos = diverse_greedy(order, lambda pos: pool.read(cand[pos]), k, min_distance)
+    if len(chosen_pos) < k:
+        raise InvalidRequest(f"only {len(chosen_pos)} pool images are at least {min_distance} apart; asked for {k}")
+    chosen = [int(cand[p]) for p in chosen_pos]
     ids = pool.ids(chosen)
     name = model_name(ensemble, "ensemble")
-    picks = [Pick("active", name, None, float(scores[i]), f"pool:{i}:{iid}",
+    picks = [Pick("active", name, None, float(scores[p]), f"pool:{i}:{iid}",
                   {"rank": float(r), "neurons": float(len(cols))})
-             for r, (i, iid) in enumerate(zip(chosen, ids, strict=True))]
+             for r, (p, i, iid) in enumerate(zip(chosen_pos, chosen, ids, strict=True))]
     return Generated(np.ascontiguousarray(pool.read(chosen)), picks)

@@ -196,3 +196,27 @@ def test_dots() -> None:
 def test_member_ensemble_needs_matching_members() -> None:
     with pytest.raises(InvalidRequest):
         MemberEnsemble([random_stack(2), random_stack(3)])
+
+
+def test_active_strategies_differ_and_random_is_seeded(tmp_path: Path) -> None:
+    """ensemble_variance, max_entropy and random pick differently; candidates limits what is scored."""
+    ens = perturbed_ensemble(random_stack(3, seed=7), 4, rel_noise=0.3, seed=2)
+    path = tmp_path / "pool.h5"
+    build_pool(path, [random_images(48, seed=5)])
+    kw = {"min_distance": 0.0, "reference": 16, "batch_size": 16}
+    with ImagePool(path) as pool:
+        picks = {s: active_pool(ens, pool, k=5, strategy=s, **kw).picks  # type: ignore[arg-type]
+                 for s in ("ensemble_variance", "max_entropy", "random")}
+        again = active_pool(ens, pool, k=5, strategy="random", **kw)  # type: ignore[arg-type]
+        few = active_pool(ens, pool, k=5, candidates=8, seed=2, **kw)  # type: ignore[arg-type]
+        with pytest.raises(InvalidRequest, match="unknown active-learning strategy"):
+            active_pool(ens, pool, k=2, strategy="greedy")
+        with pytest.raises(InvalidRequest, match="3 candidates cannot give 5"):
+            active_pool(ens, pool, k=5, candidates=3)
+    ids = {s: [p.source for p in ps] for s, ps in picks.items()}
+    assert ids["random"] == [p.source for p in again.picks]
+    assert len({tuple(v) for v in ids.values()}) == 3, ids
+    for s in ("ensemble_variance", "max_entropy"):
+        scores = [p.score for p in picks[s]]
+        assert scores == sorted(scores, reverse=True)
+    assert len({p.source for p in few.picks}) == 5

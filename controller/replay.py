@@ -1,0 +1,247 @@
+"""Offline replay of stored sessions: ``cortexloop replay SESSION.h5 [MORE.h5 ...]``.
+
+A replay re-drives a session file through the same engine, stimserver (its display-free
+presenter, not in real time) and modelserver as a live session, with the recorded counts
+answering in place of the rig:
+
+* the protocol is the one recorded in the start document, run with the recorded seed;
+* every block is shown exactly as recorded (same trial ids, images, order and conditions) and
+  each trial gets the counts recorded for it, so the new file holds the same counts;
+* ingest, retrain, generate, match and analyse steps run for real, so the new file holds the
+  model versions the modelserver reaches on these data, and the picks it makes (written as
+  pick documents with ``details.counterfactual`` and ``details.shown``);
+* ``policy`` swaps the active-learning strategy: what would another policy have picked?
+
+The replay ends where the recording ends: the first block the recording does not hold stops the
+plan (an aborted session replays up to its last block). Deterministic: the same files, seeds and
+settings give the same model metrics and picks (the modelserver starts empty for each replay).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+from collections.abc import AsyncIterator
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from controller.acquisition.base import AcquisitionSource, Item
+from controller.acquisition.binning import Binner, ClosedTrial
+from controller.config import RunConfig, StimConfig
+from controller.engine import Engine, EngineConfig, ModelLink
+from controller.images import ImageLibrary
+from controller.links import StimLink
+from controller.store import SessionReader, SessionWriter
+from protocols.library import PROTOCOL_ADAPTER, ProtocolBase
+from protocols.steps import GenerateImages, Plan, PresentBlock, Result, Step
+from wire.documents import BlockDoc, ModelVersionDoc, PickDoc, ResponseDoc, StartDoc, StopDoc
+from wire.errors import InvalidRequest, StoreError
+from wire.stim import TrialEvent
+
+__all__ = ["POLICIES", "Recording", "ReplayOutcome", "compare", "replay_plan", "replay_session"]
+
+#: active-learning strategies a replay can swap in (``--policy``)
+POLICIES = ("ensemble_variance", "max_entropy", "random")
+
+
+class Recording:
+    """A session file's blocks, images and counts, as the engine's replay needs them."""
+
+    def __init__(self, path: str | Path) -> None:
+        self.path = Path(path)
+        if not self.path.is_file():
+            raise StoreError(f"no session file at {self.path}")
+        with SessionReader(self.path) as reader:
+            self.docs = list(reader.documents())
+            self.images = reader.images()
+        starts = [d for d in self.docs if isinstance(d, StartDoc)]
+        if not starts:
+            raise StoreError(f"{self.path} has no start document: not a session file, or empty")
+        self.start: StartDoc = starts[0]
+        self.blocks = {d.block_id: d for d in self.docs if isinstance(d, BlockDoc)}
+        self.responses: dict[str, ResponseDoc] = {}
+        for d in self.docs:
+            if isinstance(d, ResponseDoc):  # a trial re-shown after a crash was recorded as '<id>.again'
+                self.responses.setdefault(d.trial_id.removesuffix(".again"), d)
+
+    @property
+    def session_id(self) -> str:
+        return self.start.session_id
+
+    @property
+    def seed(self) -> int:
+        return int(self.start.config.get("seed", 0))
+
+    def protocol(self) -> ProtocolBase:
+        if not self.start.protocol:
+            raise StoreError(f"{self.path}: the start document records no protocol; it cannot be replayed")
+        proto: ProtocolBase = PROTOCOL_ADAPTER.validate_python(self.start.protocol)
+        return proto
+
+    # -- what the engine asks (controller.engine.Recording) ------------------------------------------
+    def block(self, block_id: str) -> BlockDoc | None:
+        return self.blocks.get(block_id)
+
+    def image(self, image_id: str) -> np.ndarray:
+        try:
+            return self.images[image_id]
+        except KeyError:
+            raise StoreError(f"{self.path}: image {image_id} is shown but not stored") from None
+
+    def closed_trial(self, trial_id: str, ev: TrialEvent) -> ClosedTrial:
+        doc = self.responses.get(trial_id)
+        if doc is None:  # never counted in the recording: closed without counts, as it was
+            return ClosedTrial(trial_id=trial_id, unit_ids=(), counts=np.zeros(0), window=(0.0, 0.0),
+                               onset_acq=ev.onset, onset_stim=ev.onset, complete=False, block_id=ev.block_id,
+                               image_id=ev.image_id, index=ev.index)
+        return ClosedTrial(trial_id=trial_id, unit_ids=tuple(doc.units), counts=np.asarray(doc.counts),
+                           window=doc.window, onset_acq=doc.onset_acq, onset_stim=ev.onset, complete=doc.complete,
+                           block_id=ev.block_id, image_id=ev.image_id, index=ev.index)
+
+    def library(self) -> ImageLibrary:
+        ids = list(self.images)
+        if not ids:
+            raise StoreError(f"{self.path} stores no images")
+        return ImageLibrary(np.stack([self.images[i] for i in ids]), ids, name=f"replay of {self.session_id}")
+
+
+class _Silent(AcquisitionSource):
+    """No acquisition stream: the recording answers every trial (never silent, never done)."""
+
+    name = "replay"
+
+    def __init__(self) -> None:
+        super().__init__(silence_timeout=None)
+
+    async def _items(self) -> AsyncIterator[Item]:
+        await asyncio.Event().wait()  # until the engine cancels its acquisition pump
+        nothing: tuple[Item, ...] = ()
+        for item in nothing:  # an async generator that never yields
+            yield item
+
+
+# --- the plan --------------------------------------------------------------------------------------
+def _with_policy(step: Step, policy: str) -> Step:
+    """``step`` with every active-learning request switched to ``policy``."""
+    if isinstance(step, GenerateImages) and step.params.generator == "active":
+        return step.model_copy(update={"params": step.params.model_copy(update={"strategy": policy})})
+    if isinstance(step, PresentBlock):
+        sets = [s.model_copy(update={"params": {**s.params, "strategy": policy}})
+                if s.source == "active" and s.request is None else s for s in step.images]
+        return step.model_copy(update={"images": sets})
+    return step
+
+
+def replay_plan(plan: Plan, recording: Recording, policy: str | None = None) -> Plan:
+    """The protocol's plan, ending at the first block the recording does not hold."""
+    result: Result | None = None
+    while True:
+        try:
+            step = plan.send(result) if result is not None else next(plan)
+        except StopIteration:
+            return
+        if isinstance(step, PresentBlock) and recording.block(step.block_id) is None:
+            plan.close()
+            return
+        result = yield _with_policy(step, policy) if policy is not None else step
+
+
+# --- running ---------------------------------------------------------------------------------------
+@dataclass
+class ReplayOutcome:
+    source: Path
+    path: Path
+    stop: StopDoc
+    comparison: dict[str, Any] = field(default_factory=dict)
+
+
+def _stim_config(out_dir: Path) -> RunConfig:
+    # the display-free presenter, flipping as fast as it can (no point waiting frames offline)
+    return RunConfig(out_dir=out_dir, stim=StimConfig(presenter="fake", extra_args=["--no-fake-realtime"]))
+
+
+def _new_store(path: Path) -> SessionWriter:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    return SessionWriter.create(path)
+
+
+async def replay_session(source: str | Path, out_dir: Path, *, models: ModelLink | None = None,
+                         policy: str | None = None, seed: int | None = None, session_id: str | None = None,
+                         stim: tuple[str, str] | None = None,
+                         link_factory: Any = None, on_status: Any = None) -> ReplayOutcome:
+    """Replay one session file into ``out_dir/<session_id>.h5`` (default ``<original>.replay[-policy]``).
+
+    ``models``: the model link (None: no modelserver; model steps then fail as in a live session
+    without one). ``link_factory(session_id, engine)`` builds one instead, once the engine exists.
+    ``stim``: (rpc, events) of a running stimserver (None: start a display-free one).
+    """
+    if policy is not None and policy not in POLICIES:
+        raise InvalidRequest(f"unknown policy {policy!r}: choose one of {', '.join(POLICIES)}")
+    recording = Recording(source)
+    proto = recording.protocol()
+    sid = session_id or f"{recording.session_id}.replay" + (f"-{policy}" if policy else "")
+    path = out_dir / f"{sid}.h5"
+    store = _new_store(path)
+    try:
+        async with _stim(stim, out_dir) as (rpc, events), StimLink(rpc, events) as link:
+            engine = Engine(EngineConfig(session_id=sid, rig=recording.start.rig, subject=recording.start.subject,
+                                         seed=recording.seed if seed is None else seed),
+                            store=store, stim=link, source=_Silent(), binner=Binner(), images=recording.library(),
+                            models=models)
+            engine.recording = recording
+            if on_status is not None:
+                engine.on_status(on_status)
+            config = {**recording.start.config, "replay_of": {"file": str(recording.path), "session_id":
+                      recording.session_id, "start_uid": recording.start.uid, "policy": policy}}
+            cm = link_factory(sid, engine) if link_factory is not None else contextlib.nullcontext()
+            async with cm as made:
+                if made is not None:
+                    engine.models = made
+                stop = await engine.run(replay_plan(proto.plan(), recording, policy),
+                                        protocol=proto.model_dump(mode="json"), configuration=config)
+    finally:
+        store.close()
+    return ReplayOutcome(recording.path, path, stop, compare(recording.path, path))
+
+
+@contextlib.asynccontextmanager
+async def _stim(given: tuple[str, str] | None, out_dir: Path) -> AsyncIterator[tuple[str, str]]:
+    if given is not None:
+        yield given
+        return
+    from controller.runner import stimserver
+
+    async with stimserver(_stim_config(out_dir)) as endpoints:
+        yield endpoints
+
+
+# --- comparing a replay with its recording ------------------------------------------------------------
+def compare(original: Path, replay: Path) -> dict[str, Any]:
+    """Counts identical trial by trial; model versions' metrics; per block and generator, how many of
+    the replay's picks the recording showed."""
+    with SessionReader(original) as a, SessionReader(replay) as b:
+        docs_a, docs_b = list(a.documents()), list(b.documents())
+    resp_a = {d.trial_id.removesuffix(".again"): d for d in docs_a if isinstance(d, ResponseDoc)}
+    resp_b = {d.trial_id: d for d in docs_b if isinstance(d, ResponseDoc)}
+    same = sum(1 for t, d in resp_b.items() if t in resp_a and _same_counts(resp_a[t], d))
+    picks: dict[str, dict[str, Any]] = {}
+    for p in docs_b:
+        if isinstance(p, PickDoc) and p.details.get("counterfactual"):
+            row = picks.setdefault(f"{p.block_id} {p.generator}", {"picked": 0, "shown": 0, "image_ids": []})
+            row["picked"] += 1
+            row["shown"] += bool(p.details.get("shown"))
+            row["image_ids"].append(p.image_id)
+    return {
+        "trials_with_counts": {"recording": len(resp_a), "replay": len(resp_b), "identical": same},
+        "model_versions": {"recording": [d.metrics for d in docs_a if isinstance(d, ModelVersionDoc)],
+                           "replay": [d.metrics for d in docs_b if isinstance(d, ModelVersionDoc)]},
+        "picks": picks,
+    }
+
+
+def _same_counts(a: ResponseDoc, b: ResponseDoc) -> bool:
+    ca, cb = np.asarray(a.counts), np.asarray(b.counts)
+    return a.units == b.units and ca.dtype == cb.dtype and np.array_equal(ca, cb)

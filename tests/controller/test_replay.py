@@ -1,0 +1,185 @@
+"""Offline replay and the V4 importer: recorded counts come back exactly; replays are deterministic."""
+
+from __future__ import annotations
+
+import asyncio
+import io
+import zipfile
+from pathlib import Path
+
+import numpy as np
+import pytest
+from PIL import Image
+from rich.console import Console
+
+from controller.importer import import_v4
+from controller.replay import Recording, replay_session
+from controller.store import SessionReader
+from wire.documents import BlockDoc, ModelVersionDoc, PickDoc, ResponseDoc, StopDoc, TrialDoc
+from wire.errors import InvalidRequest, NotFound, StoreError
+
+
+def fake_v4(root: Path, session: str, n_images: int = 7, neurons: int = 3, raw: bool = False) -> np.ndarray:
+    """A folder in the V4 layout: ``n_images`` PNGs and their responses (raw with NaN slots, or averaged)."""
+    rng = np.random.default_rng(0)
+    (root / "images").mkdir(parents=True, exist_ok=True)
+    with zipfile.ZipFile(root / "images" / f"images_{session}.zip", "w") as z:
+        for i in range(n_images):
+            buf = io.BytesIO()
+            Image.fromarray(rng.integers(0, 256, (16, 16, 3), dtype=np.uint8)).save(buf, format="PNG")
+            z.writestr(f"img_{i:03d}.png", buf.getvalue())
+    if raw:
+        resp = rng.poisson(4.0, (neurons, n_images, 3)).astype(np.float64)
+        resp[:, 1, 2] = np.nan  # image 1 was shown twice, image 4 once
+        resp[:, 4, 1:] = np.nan
+        folder = root / "responses_raw"
+    else:
+        resp = rng.poisson(40.0, (neurons, n_images)) / 7.0  # means over repeats: not whole numbers
+        folder = root / "responses_avg"
+    folder.mkdir(exist_ok=True)
+    np.save(folder / f"responses_{session}.npy", resp)
+    return resp
+
+
+def counts_by_trial(path: Path) -> dict[str, np.ndarray]:
+    with SessionReader(path) as r:
+        return {d.trial_id: np.asarray(d.counts) for d in r.documents() if isinstance(d, ResponseDoc)}
+
+
+def test_imported_averaged_session_replays_to_the_same_counts(tmp_path: Path) -> None:
+    resp = fake_v4(tmp_path / "v4", "s1")
+    path = import_v4(tmp_path / "v4", "s1", tmp_path / "out", block_size=3)
+    with SessionReader(path) as r:
+        docs = list(r.documents())
+        images = r.images()
+    blocks = [d for d in docs if isinstance(d, BlockDoc)]
+    assert [b.n_trials for b in blocks] == [3, 3, 1]
+    trials = [d for d in docs if isinstance(d, TrialDoc)]
+    imported = counts_by_trial(path)
+    for n, t in enumerate(trials):  # trial n shows image n: its counts are that image's column, unrounded
+        np.testing.assert_array_equal(imported[t.trial_id], resp[:, n])
+        assert imported[t.trial_id].dtype == np.float64
+    assert len(images) == 7
+
+    out = asyncio.run(replay_session(path, tmp_path / "replay"))
+    assert out.stop.exit_status == "success" and out.stop.n_trials == 7
+    replayed = counts_by_trial(out.path)
+    assert replayed.keys() == imported.keys()
+    for tid, c in imported.items():
+        assert replayed[tid].dtype == c.dtype and np.array_equal(replayed[tid], c)
+    assert out.comparison["trials_with_counts"] == {"recording": 7, "replay": 7, "identical": 7}
+
+
+def test_imported_raw_session_has_one_trial_per_recorded_repeat(tmp_path: Path) -> None:
+    resp = fake_v4(tmp_path / "v4", "s2", raw=True)
+    path = import_v4(tmp_path / "v4", "s2", tmp_path / "out")
+    with SessionReader(path) as r:
+        trials = [d for d in r.documents() if isinstance(d, TrialDoc)]
+        ids = {d.image_id: n for n, d in enumerate(d for d in r.documents() if d.kind == "image")}
+    assert len(trials) == int((~np.isnan(resp[0])).sum()) == 7 * 3 - 1 - 2
+    per_image = {i: sum(t.image_id == i for t in trials) for i in ids}
+    assert sorted(per_image.values()) == [1, 2, 3, 3, 3, 3, 3]
+    counts = counts_by_trial(path)
+    assert all(c.dtype == np.int32 for c in counts.values())
+    out = asyncio.run(replay_session(path, tmp_path / "replay"))
+    assert out.comparison["trials_with_counts"]["identical"] == len(trials)
+
+
+def test_importer_and_replay_errors(tmp_path: Path) -> None:
+    with pytest.raises(NotFound, match="no image archive"):
+        import_v4(tmp_path, "nope", tmp_path / "out")
+    fake_v4(tmp_path / "v4", "s3", n_images=4)
+    np.save(tmp_path / "v4" / "responses_avg" / "responses_s3.npy", np.zeros((2, 5)))
+    with pytest.raises(InvalidRequest, match="4 images but responses for 5"):
+        import_v4(tmp_path / "v4", "s3", tmp_path / "out")
+    np.save(tmp_path / "v4" / "responses_avg" / "responses_s3.npy", np.zeros((2, 4)))
+    path = import_v4(tmp_path / "v4", "s3", tmp_path / "out")
+    with pytest.raises(StoreError, match="exists"):
+        import_v4(tmp_path / "v4", "s3", tmp_path / "out")
+    with pytest.raises(StoreError, match="no session file"):
+        Recording(tmp_path / "missing.h5")
+    with pytest.raises(InvalidRequest, match="unknown policy"):
+        asyncio.run(replay_session(path, tmp_path / "r", policy="greedy"))
+    with pytest.raises(StoreError, match="exists"):  # a replay never overwrites
+        asyncio.run(replay_session(path, tmp_path / "r", session_id="x"))
+        asyncio.run(replay_session(path, tmp_path / "r", session_id="x"))
+
+
+@pytest.mark.v4
+def test_real_session_190923_replays_exactly(tmp_path: Path, v4_dir: Path) -> None:
+    path = import_v4(v4_dir, "190923", tmp_path)
+    imported = counts_by_trial(path)
+    assert len(imported) == 1200  # 1,200 images, one repeat-averaged trial each
+    resp = np.load(v4_dir / "responses_avg" / "responses_190923.npy")
+    np.testing.assert_array_equal(np.stack([imported[f"v4-{i // 300}/{i % 300}"] for i in range(1200)], 1), resp)
+    out = asyncio.run(replay_session(path, tmp_path / "replay"))
+    replayed = counts_by_trial(out.path)
+    assert all(np.array_equal(replayed[t], c) and replayed[t].dtype == c.dtype for t, c in imported.items())
+    assert out.comparison["trials_with_counts"] == {"recording": 1200, "replay": 1200, "identical": 1200}
+
+
+# --- a closed-loop session replayed with a modelserver ----------------------------------------------------
+def record_sysid(out: Path) -> Path:
+    """A small sysid session (synthetic neurons) with retraining and active-learning picks."""
+    from controller.config import RunConfig
+    from controller.demo import DemoSettings, ground_truth, library, modelserver_process, run_session
+    from protocols.library.sysid import SysidProtocol
+
+    settings = tiny_settings()
+    lib, _ = library(None, DemoSettings(eval_images=10))
+    truth, _ = ground_truth(None, DemoSettings(neurons=4), lib.images[:64])
+    proto = SysidProtocol.model_validate({
+        "protocol": "sysid", "seed": 3, "n_blocks": 2, "normal": 30, "gaudy": 6,
+        "timing": {"on_frames": 2, "off_frames": 2}, "retrain": "block",
+        "active": {"n_images": 8, "start_block": 1, "pool_size": 200, "timeout_s": 300}, "prefetch": False})
+
+    async def go(rpc: str, events: str) -> Path:
+        cfg = RunConfig(out_dir=out, rig="test", session_id="rec-sysid")
+        stop, path = await run_session(cfg, proto, lib, truth, rpc, events, settings, Console(width=100))
+        assert stop.exit_status == "success", stop
+        return path
+
+    with modelserver_process(out / "ms", settings, None) as (rpc, events):
+        return asyncio.run(go(rpc, events))
+
+
+def tiny_settings() -> object:
+    from controller.demo import DemoSettings
+
+    return DemoSettings(members=2, epochs_block=2, epochs_session=2, pool_crops=200)
+
+
+def picks(path: Path) -> list[tuple[str, str]]:
+    with SessionReader(path) as r:
+        return [(d.block_id, d.image_id) for d in r.documents() if isinstance(d, PickDoc) and d.generator == "active"]
+
+
+def versions(path: Path) -> list[dict[str, float]]:
+    with SessionReader(path) as r:
+        return [d.metrics for d in r.documents() if isinstance(d, ModelVersionDoc)]
+
+
+@pytest.mark.slow
+def test_replay_is_deterministic_and_answers_counterfactuals(tmp_path: Path) -> None:
+    from controller.replay_cli import run_replay
+
+    rec = record_sysid(tmp_path / "rec")
+    console = Console(width=100)
+    runs = [run_replay([rec], tmp_path / name, policy=policy, modelserver="start", data=None, device="cpu",
+                       seed=None, console=console, settings=tiny_settings())[0]
+            for name, policy in (("a", None), ("b", None), ("c", "random"))]
+    a, b, c = runs
+    assert all(o.stop.exit_status == "success" for o in runs)
+    recorded = counts_by_trial(rec)
+    for o in runs:  # every replay holds the recorded counts, trial by trial
+        assert o.comparison["trials_with_counts"]["identical"] == len(recorded) > 0
+    # the same file and seeds: the same model metrics and the same picks
+    assert versions(a.path) == versions(b.path) and len(versions(a.path)) == 2
+    assert picks(a.path) == picks(b.path) and len(picks(a.path)) == 8
+    # the recorded picks were made by the same model on the same counts: the replay picks them again
+    assert sorted(picks(a.path)) == sorted(picks(rec))
+    # another policy picks (mostly) other images from the same pool; the shown blocks stay as recorded
+    assert picks(c.path) != picks(a.path)
+    assert c.comparison["picks"]["sysid-1 active"]["picked"] == 8
+    with SessionReader(c.path) as r:
+        assert isinstance(list(r.documents())[-1], StopDoc)
