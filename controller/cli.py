@@ -178,6 +178,34 @@ def replay(
         raise typer.Exit(1)
 
 
+@app.command()
+def export(
+    session: Annotated[Path, typer.Argument(help="session file (HDF5)")],
+    nwb: Annotated[bool, typer.Option("--nwb", help="write an NWB file (for DANDI)")] = False,
+    out: Annotated[Path | None, typer.Option(help="output file (default: SESSION.nwb)")] = None,
+    overwrite: Annotated[bool, typer.Option(help="replace an existing output file")] = False,
+    experimenter: Annotated[list[str] | None, typer.Option(help='"Last, First"; repeatable')] = None,
+    lab: Annotated[str | None, typer.Option(help="lab name")] = None,
+    institution: Annotated[str | None, typer.Option(help="institution")] = None,
+    species: Annotated[str | None, typer.Option(help="default Macaca mulatta")] = None,
+    age: Annotated[str | None, typer.Option(help="ISO 8601 duration, e.g. P7Y")] = None,
+    sex: Annotated[str | None, typer.Option(help="M, F, U or O")] = None,
+) -> None:
+    """Export a session file for sharing: NWB (checked with nwbinspector)."""
+    from controller.nwb import check_nwb, export_nwb
+
+    if not nwb:
+        raise typer.BadParameter("choose a format: --nwb")
+    path = export_nwb(session, out or session.with_suffix(".nwb"), overwrite=overwrite, lab=lab,
+                      institution=institution, experimenter=experimenter, species=species, age=age, sex=sex)
+    problems = check_nwb(path)
+    for p in problems:
+        console.print(f"[yellow]nwbinspector:[/yellow] {p}")
+    console.print(f"NWB file: {path}" + ("" if problems else " (nwbinspector: no violations)"))
+    if problems:
+        raise typer.Exit(1)
+
+
 @app.command("import-v4")
 def import_v4(
     sessions: Annotated[list[str], typer.Argument(help="session names, e.g. 190923 210325")],

@@ -127,3 +127,25 @@ async def test_pause_and_status_commands_over_an_embedded_broker(tmp_path: Path)
             assert result.exit_code == 0, result.output
             cmd = await asyncio.wait_for(anext(aiter(bus.commands())), 10)
             assert isinstance(cmd, PauseCommand) and cmd.reason == "fix the juice line"
+
+
+def test_import_replay_export_chain(tmp_path: Path) -> None:
+    """import-v4 -> replay (identical counts, no modelserver needed) -> export --nwb (nwbinspector clean)."""
+    from tests.controller.test_replay import fake_v4
+
+    fake_v4(tmp_path / "v4", "s9", raw=True)
+    result = runner.invoke(app, ["import-v4", "s9", "--data", str(tmp_path / "v4"), "--out", str(tmp_path / "imp")])
+    assert result.exit_code == 0, result.output
+    session = tmp_path / "imp" / "v4-s9.h5"
+    result = runner.invoke(app, ["replay", str(session), "--out", str(tmp_path / "rep")])
+    assert result.exit_code == 0, result.output
+    assert "18 (18 identical)" in result.output
+    replayed = tmp_path / "rep" / "v4-s9.replay.h5"
+    assert (tmp_path / "rep" / "v4-s9.replay.comparison.json").is_file()
+    result = runner.invoke(app, ["export", str(replayed), "--nwb"])
+    assert result.exit_code == 0, result.output
+    assert "no violations" in result.output and replayed.with_suffix(".nwb").is_file()
+    result = runner.invoke(app, ["export", str(replayed), "--nwb"])  # never overwrites unasked
+    assert result.exit_code != 0 and "exists" in str(result.exception)
+    result = runner.invoke(app, ["replay", str(session), "--out", str(tmp_path / "rep"), "--policy", "greedy"])
+    assert result.exit_code != 0 and "unknown policy" in str(result.exception)
