@@ -69,6 +69,8 @@ class DemoSettings:
     max_repeats: int = 3
     synth_steps: int = 60
     pool_crops: int = 1500
+    heldout_images: int = 30  # shown with repeats in every sysid session, never trained on: r2_ER
+    heldout_repeats: int = 3
 
     @classmethod
     def for_device(cls, device: str, sessions: int | None) -> DemoSettings:
@@ -76,7 +78,7 @@ class DemoSettings:
         if device.startswith("cuda"):
             s = cls(device=device, blocks=3, normal=200, gaudy=50, active=60, neurons=33, eval_images=600,
                     epochs_block=10, epochs_session=30, members=5, max_per_neuron=5, max_random=60, max_repeats=5,
-                    synth_steps=200, pool_crops=20000)
+                    synth_steps=200, pool_crops=20000, heldout_images=80, heldout_repeats=5)
         if sessions is not None:
             s.sessions = sessions
         return s
@@ -181,6 +183,48 @@ async def score_session(rpc: str, session: str, images: np.ndarray, truth: np.nd
             "r_per_neuron": [round(r, 4) for r in rs]}
 
 
+def heldout_trials(path: Path, block: str = "heldout") -> tuple[list[str], np.ndarray, list[np.ndarray]]:
+    """(image ids, raw counts (neurons, images, repeats; NaN-padded), pixels) of a repeated block."""
+    from wire.documents import ResponseDoc
+
+    with SessionReader(path) as reader:
+        docs = list(reader.documents())
+        images = reader.images()
+    bdoc = next((d for d in docs if isinstance(d, BlockDoc) and d.block_id == block), None)
+    if bdoc is None:
+        return [], np.zeros((0, 0, 0)), []
+    image_of = {tid: img for tid, img, _ in bdoc.params["trials"]}
+    resp = [d for d in docs if isinstance(d, ResponseDoc) and d.trial_id.removesuffix(".again") in image_of]
+    ids = list(dict.fromkeys(image_of.values()))
+    col = {i: n for n, i in enumerate(ids)}
+    per: dict[str, list[np.ndarray]] = {}
+    for d in resp:
+        per.setdefault(image_of[d.trial_id.removesuffix(".again")], []).append(np.asarray(d.counts, float))
+    n_units = len(resp[0].units) if resp else 0
+    raw = np.full((n_units, len(ids), max((len(v) for v in per.values()), default=0)), np.nan)
+    for img, reps in per.items():
+        for r, c in enumerate(reps):
+            raw[:, col[img], r] = c
+    return ids, raw, [images[i] for i in ids]
+
+
+async def heldout_r2er(rpc: str, session: str, path: Path) -> dict[str, Any]:
+    """Noise-corrected R2 (Pospisil & Bair's r2_ER) of the model on the session's repeated held-out
+    block, against the recorded repeats (the block was never trained on)."""
+    from modelserver.metrics import r2_er
+
+    ids, raw, pix = heldout_trials(path)
+    if not ids or raw.shape[2] < 2:
+        return {}
+    async with RpcClient(rpc, timeout=120) as client:
+        pred = await client.request(Predict(session=session, images=np.stack(pix)), Prediction)
+    r2 = r2_er(np.asarray(pred.responses)[:raw.shape[0]], raw)
+    ok = r2[np.isfinite(r2)]
+    return {"r2_er_median": float(np.median(ok)) if ok.size else None,
+            "r2_er_per_neuron": [None if not np.isfinite(v) else round(float(v), 4) for v in r2],
+            "heldout_images": len(ids), "heldout_repeats": int(raw.shape[2])}
+
+
 def causal_truth(path: Path, truth_model: Any) -> dict[str, Any]:
     """Percent change of the ground-truth rate: each neuron's own maximizing images vs random normal."""
     with SessionReader(path) as reader:
@@ -236,14 +280,18 @@ async def run_demo(data: Path | None, out: Path, *, sessions: int | None = None,
                 "protocol": "sysid", "seed": k + 1, "n_blocks": settings.blocks, "normal": settings.normal,
                 "gaudy": settings.gaudy, "timing": {"on_frames": 4, "off_frames": 4}, "retrain": "both",
                 "active": {"n_images": settings.active, "start_block": 0 if k else 1, "timeout_s": 300},
+                "heldout": {"block_id": "heldout", "n_images": settings.heldout_images,
+                            "repeats": settings.heldout_repeats, "seed": 7},
                 "prefetch": False})
             stop, path = await run_session(cfg.model_copy(update={"session_id": sid}), proto, lib, truth_model, rpc, events,
                                     settings, console)
             score = await score_session(rpc, model_session(sid), held, truth_held)
+            score.update(await heldout_r2er(rpc, model_session(sid), path))
             summary.sessions.append({"session": sid, "file": str(path), "exit": stop.exit_status,
                                      "trials": stop.n_trials, **score})
+            r2 = score.get("r2_er_median")
             console.print(f"session {k + 1}: {stop.n_trials} trials; held-out median r vs ground truth "
-                          f"{score['median_r']:.3f}")
+                          f"{score['median_r']:.3f}" + ("" if r2 is None else f"; r2_ER {r2:.3f}"))
         sid = "demo-maximize"
         maximize = MaximizeProtocol.model_validate({
             "protocol": "maximize", "seed": 99, "timing": {"on_frames": 4, "off_frames": 4},
@@ -284,6 +332,9 @@ def print_summary(summary: Summary, console: Console) -> None:
     table.add_column("value", justify="right")
     for s in summary.sessions:
         table.add_row(f"{s['session']}: held-out median r vs ground truth", f"{s['median_r']:.3f}")
+        if s.get("r2_er_median") is not None:
+            table.add_row(f"{s['session']}: median noise-corrected R2 (r2_ER) on its {s['heldout_images']} "
+                          f"held-out images x {s['heldout_repeats']} repeats", f"{s['r2_er_median']:.3f}")
     c = summary.causal
     for kind, paper in (("max_normal", "+137%"), ("max_synth", "+153%")):
         v = c.get(kind, {}).get("mean_percent_change") if isinstance(c.get(kind), dict) else None

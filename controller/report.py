@@ -8,12 +8,15 @@ Figures, each drawn only when the sessions hold what it needs:
   maximizing natural and synthesized images relative to random natural images, with the
   permutation-test p-values;
 - grids of the images shown per condition (maximizing, synthesized, adversarial, ...);
-- timing: dropped frames and trials per block.
+- held-out noise-corrected R2 (r2_ER) per neuron, from ``summary.json``, where blocks had repeats;
+- timing: dropped frames per block, and the turnaround between blocks (last counts of one block
+  to the first trial of the next).
 """
 
 from __future__ import annotations
 
 import html
+import itertools
 import json
 from pathlib import Path
 from typing import Any
@@ -21,7 +24,7 @@ from typing import Any
 import numpy as np
 
 from controller.store import SessionReader
-from wire.documents import BlockDoc, ModelVersionDoc, StepDoc, TrialDoc
+from wire.documents import BlockDoc, ModelVersionDoc, ResponseDoc, StepDoc, TrialDoc
 
 
 def _plt() -> Any:
@@ -56,14 +59,19 @@ def _heldout(summary: dict[str, Any], out: Path) -> str | None:
     sessions = summary.get("sessions") or []
     if not sessions:
         return None
-    fig, ax = _plt().subplots(figsize=(7, 3))
-    for k, s in enumerate(sessions):
-        r = s.get("r_per_neuron", [])
-        ax.scatter(np.full(len(r), k) + np.random.default_rng(k).uniform(-0.1, 0.1, len(r)), r, s=12)
-        ax.plot([k - 0.25, k + 0.25], [s["median_r"]] * 2, "k-")
-    ax.set_xticks(range(len(sessions)), [s["session"] for s in sessions], fontsize=7)
-    ax.set_ylabel("r vs ground truth (held-out images)")
-    ax.set_title("prediction performance per neuron across sessions")
+    panels = [("r_per_neuron", "r vs ground truth\n(images never shown)")]
+    if any(s.get("r2_er_per_neuron") for s in sessions):
+        panels.append(("r2_er_per_neuron", "noise-corrected R2 (r2_ER)\nheld-out block, recorded repeats"))
+    fig, axes = _plt().subplots(1, len(panels), figsize=(5 * len(panels), 3), squeeze=False)
+    for ax, (key, label) in zip(axes[0], panels, strict=True):
+        for k, s in enumerate(sessions):
+            r = np.array([np.nan if v is None else v for v in s.get(key, [])], dtype=float)
+            ax.scatter(np.full(len(r), k) + np.random.default_rng(k).uniform(-0.1, 0.1, len(r)), r, s=12)
+            if np.isfinite(r).any():
+                ax.plot([k - 0.25, k + 0.25], [np.nanmedian(r)] * 2, "k-")
+        ax.set_xticks(range(len(sessions)), [s["session"] for s in sessions], fontsize=7)
+        ax.set_ylabel(label, fontsize=8)
+    fig.suptitle("prediction performance per neuron across sessions (black: median)")
     return _save(fig, out, "heldout.png")
 
 
@@ -112,19 +120,48 @@ def _grids(docs: list[Any], images: dict[str, np.ndarray], out: Path, stem: str)
     return names
 
 
+def turnarounds(docs: list[Any]) -> list[tuple[str, float]]:
+    """(block, seconds) from the last counts of the previous block to this block's first trial,
+    by the documents' wall-clock times (what the loop spent ingesting, retraining, generating, loading)."""
+    blocks = [d for d in docs if isinstance(d, BlockDoc)]
+    block_of = {tid: b.block_id for b in blocks for tid, _, _ in b.params.get("trials", [])}
+    first: dict[str, float] = {}
+    last: dict[str, float] = {}
+    for d in docs:
+        if isinstance(d, TrialDoc):
+            first.setdefault(d.block_id, d.time)
+        elif isinstance(d, ResponseDoc) and d.trial_id.removesuffix(".again") in block_of:
+            b = block_of[d.trial_id.removesuffix(".again")]
+            last[b] = max(last.get(b, d.time), d.time)
+    out = []
+    for prev, nxt in itertools.pairwise(blocks):
+        if prev.block_id in last and nxt.block_id in first:
+            out.append((nxt.block_id, first[nxt.block_id] - last[prev.block_id]))
+    return out
+
+
 def _timing(sessions: dict[str, list[Any]], out: Path) -> str | None:
     rows = []
+    turns = []
     for name, docs in sessions.items():
         for b in (d for d in docs if isinstance(d, BlockDoc)):
             trials = [d for d in docs if isinstance(d, TrialDoc) and d.block_id == b.block_id]
             rows.append((f"{name}:{b.block_id}", len(trials), sum(t.dropped_frames for t in trials)))
+        turns += [(f"{name}:{b}", t) for b, t in turnarounds(docs)]
     if not rows:
         return None
-    fig, ax = _plt().subplots(figsize=(7, 3))
+    fig, axes = _plt().subplots(1, 2, figsize=(10, 3.2), squeeze=False)
+    ax = axes[0][0]
     ax.bar(range(len(rows)), [r[2] for r in rows])
     ax.set_xticks(range(len(rows)), [r[0] for r in rows], rotation=60, fontsize=5, ha="right")
     ax.set_ylabel("dropped frames")
-    ax.set_title("timing per block")
+    ax.set_title("dropped frames per block", fontsize=9)
+    ax = axes[0][1]
+    ax.bar(range(len(turns)), [t for _, t in turns], color="tab:orange")
+    ax.set_xticks(range(len(turns)), [n for n, _ in turns], rotation=60, fontsize=5, ha="right")
+    ax.set_ylabel("seconds")
+    ax.set_title("turnaround: last counts of the previous block -> first trial", fontsize=9)
+    fig.tight_layout()
     return _save(fig, out, "timing.png")
 
 
@@ -160,7 +197,7 @@ def write_report(session_files: list[Path], out: Path, summary_file: Path | None
                          f"{rows}</table>")
         for g in _grids(docs, images[stem], out, stem):
             img(g, f"{stem}: images per condition")
-    img(_timing(sessions, out), "dropped frames per block")
+    img(_timing(sessions, out), "dropped frames per block; turnaround between blocks")
     page = out / "index.html"
     page.write_text("<!doctype html><meta charset=utf-8><title>cortexloop report</title>\n" + "\n".join(parts))
     return page
