@@ -304,7 +304,12 @@ async def run_demo(data: Path | None, out: Path, *, sessions: int | None = None,
                           **causal_truth(path, truth_model)}
     summary.seconds = time.monotonic() - t0
     (out / "summary.json").write_text(json.dumps(asdict(summary), indent=2))
+    from controller.report import write_report
+
+    files = [Path(s["file"]) for s in summary.sessions] + ([Path(summary.causal["file"])] if summary.causal else [])
+    page = write_report(files, out / "report", out / "summary.json")
     print_summary(summary, console)
+    console.print(f"report: {page}")
     return summary
 
 

@@ -33,3 +33,6 @@ async def test_demo_learns_and_its_picks_drive_the_ground_truth(tmp_path: Path, 
     normal = data["causal"]["max_normal"]["mean_percent_change"]
     assert normal is not None and normal > 0, data["causal"]
     assert summary.seconds > 0
+    assert session["r2_er_median"] is not None and session["heldout_repeats"] == 3, session
+    page = (tmp_path / "report" / "index.html").read_text()
+    assert "heldout.png" in page and "timing.png" in page and "causal" in page
