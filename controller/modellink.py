@@ -97,6 +97,8 @@ class ZmqModelLink:
         self.matched: dict[int, tuple[str, int]] = {}
         self.version: str | None = None
         self._pool_ready = False
+        #: images ingested or picked in this session: active learning never picks them again
+        self._seen: set[str] = set()
 
     async def __aenter__(self) -> ZmqModelLink:
         self.client.connect()
@@ -135,6 +137,7 @@ class ZmqModelLink:
         if not rows:
             raise InvalidRequest("no trial has counts for every neuron of this session")
         uniq = list(dict.fromkeys(ids))
+        self._seen.update(uniq)
         reply = await self.client.request(
             Ingest(session=self.session, image_ids=ids, counts=np.asarray(rows, dtype=np.float32),
                    images=np.stack([images[i] for i in uniq])), Ingested, timeout=120.0)
@@ -185,7 +188,7 @@ class ZmqModelLink:
         if isinstance(p, ActiveParams):
             await self._ensure_pool()
             cmd = GenActive(ensemble=await self._active_ensemble(), pool=self.pool, k=n, seed=seed,
-                            strategy=p.strategy, candidates=p.pool_size)
+                            strategy=p.strategy, candidates=p.pool_size, exclude=sorted(self._seen))
         elif isinstance(p, MaximizeNormalParams):
             await self._ensure_pool()
             return await self._per_model(step, p.neurons, lambda model, ns: GenMaximize(
@@ -206,6 +209,8 @@ class ZmqModelLink:
         else:
             raise InvalidRequest(f"the modelserver does not make {p.generator!r} images")
         reply = await self.client.request(cmd, GenImages, timeout=step.timeout_s)
+        if isinstance(p, ActiveParams):
+            self._seen.update(reply.image_ids)
         return self._generated(step, reply)
 
     async def _active_ensemble(self) -> str:

@@ -53,6 +53,7 @@ class GenActive(Message):
     strategy: Literal["ensemble_variance", "max_entropy", "random"] = Field(
         default="ensemble_variance", description="acquisition function (random: the control policy)")
     candidates: int | None = Field(default=None, ge=1, description="score this many random pool images (None: all)")
+    exclude: list[str] = Field(default_factory=list, description="image ids never to pick (already shown or picked)")
 
 
 class GenMaximize(Message):

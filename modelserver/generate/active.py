@@ -12,7 +12,7 @@ average-pooled) to one already picked: no near-duplicates.
 
 from __future__ import annotations
 
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Collection, Sequence
 from typing import Literal
 
 import numpy as np
@@ -98,8 +98,10 @@ def _scores(ensemble: Ensemble, pool: ImagePool, cand: np.ndarray, cols: torch.T
 def active_pool(ensemble: Ensemble, pool: ImagePool, k: int, min_distance: float = 0.04,
                 neurons: Sequence[int] | None = None, reference: int = 1024, seed: int = 0,
                 batch_size: int = 256, device: torch.device | str = "cpu", strategy: str = "ensemble_variance",
-                candidates: int | None = None) -> Generated:
-    """Top ``k`` of ``candidates`` random pool images (all: None) by ``strategy``, without near-duplicates.
+                candidates: int | None = None, exclude: Collection[str] = ()) -> Generated:
+    """Top ``k`` of ``candidates`` random pool images (all: None) by ``strategy``, without near-duplicates
+    and without the images in ``exclude`` (ids already shown or picked: a prefetched request made
+    before the last picks were shown must not pick them again).
 
     ``random`` scores nothing: a seeded random order of the candidates (the control policy).
     """
@@ -114,6 +116,12 @@ def active_pool(ensemble: Ensemble, pool: ImagePool, k: int, min_distance: float
     ref_idx = np.sort(rng.choice(len(pool), size=min(reference, len(pool)), replace=False))
     n = len(pool) if candidates is None else min(candidates, len(pool))
     cand = np.arange(len(pool)) if n == len(pool) else np.sort(rng.choice(len(pool), size=n, replace=False))
+    if exclude:
+        skip = set(exclude)
+        cand = cand[[i not in skip for i in pool.ids(cand)]]
+        if len(cand) < k:
+            raise InvalidRequest(f"only {len(cand)} candidates are left after excluding {len(skip)} images; "
+                                 f"asked for {k}")
     if strategy == "random":
         scores = np.zeros(len(cand))
         order = rng.permutation(len(cand))

@@ -134,7 +134,8 @@ def generation_handlers(ctx: GenerationContext) -> dict[type[Message], Handler]:
             ens = ctx.ensemble(cmd.ensemble)
             with ImagePool(ctx.pool_path(cmd.pool)) as pool:
                 gen = active_pool(ens, pool, cmd.k, cmd.min_distance, cmd.neurons, seed=cmd.seed,
-                                  device=ctx.device, strategy=cmd.strategy, candidates=cmd.candidates)
+                                  device=ctx.device, strategy=cmd.strategy, candidates=cmd.candidates,
+                                  exclude=cmd.exclude)
             return to_reply(_named(gen, cmd.ensemble))
         return await run(work)
 

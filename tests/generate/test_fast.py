@@ -220,3 +220,18 @@ def test_active_strategies_differ_and_random_is_seeded(tmp_path: Path) -> None:
         scores = [p.score for p in picks[s]]
         assert scores == sorted(scores, reverse=True)
     assert len({p.source for p in few.picks}) == 5
+
+
+def test_active_never_picks_excluded_images(tmp_path: Path) -> None:
+    """A prefetched request made before the last picks were shown must not pick them again."""
+    ens = perturbed_ensemble(random_stack(3, seed=7), 4, rel_noise=0.3, seed=2)
+    path = tmp_path / "pool.h5"
+    build_pool(path, [random_images(20, seed=5)])
+    kw = {"min_distance": 0.0, "reference": 16, "batch_size": 16}
+    with ImagePool(path) as pool:
+        first = active_pool(ens, pool, k=5, **kw)  # type: ignore[arg-type]
+        shown = [image_id(im) for im in first.images]
+        second = active_pool(ens, pool, k=5, exclude=shown, **kw)  # type: ignore[arg-type]
+        with pytest.raises(InvalidRequest, match="only 10 candidates are left"):
+            active_pool(ens, pool, k=11, exclude=shown + [image_id(im) for im in second.images], **kw)  # type: ignore[arg-type]
+    assert not {image_id(im) for im in second.images} & set(shown)
