@@ -5,6 +5,9 @@ batch). Each step: the gradient of the neuron's response, normalized to mean abs
 value 1 per image, minus the gradients of an Lp penalty (p = 6) on the mean-subtracted
 image and a total-variation penalty (both in pixel units per unit weight), Gaussian-blurred
 (sigma decaying over the run), times a decaying step size; pixels are clamped to 0..255.
+With ``diversity`` > 0 and several images per neuron, each image's step also moves it away from
+the mean of its neuron's other images (weight decaying to 0 over the run), so the restarts do
+not all converge to the same image.
 """
 
 from __future__ import annotations
@@ -41,11 +44,20 @@ class SynthesisConfig:
     tv_weight: float = 0.4
     grad_sigma: tuple[float, float] = (2.0, 0.5)  # gradient blur, start -> end
     init_std: float = 10.0          # white noise around mid-grey
+    diversity: float = 1.0          # push each image away from its neuron's other images (x response gradient)
     size: int = 112
 
     def validate(self) -> None:
         if self.steps < 0 or self.step_size <= 0 or self.size < 8:
             raise InvalidRequest(f"bad synthesis settings: {asdict(self)}")
+
+
+def _away_from_siblings(x: torch.Tensor, per_neuron: int) -> torch.Tensor:
+    """Direction from the mean of each image's siblings (same neuron) to the image, unit mean |.|."""
+    g = x.reshape(-1, per_neuron, *x.shape[1:])
+    d = g - (g.sum(1, keepdim=True) - g) / (per_neuron - 1)
+    d = d / (d.abs().mean(dim=(2, 3, 4), keepdim=True) + 1e-12)
+    return d.reshape_as(x)
 
 
 def synthesize(model: ResponseModel, neurons: Sequence[int], per_neuron: int = 1, seed: int = 0,
@@ -71,6 +83,8 @@ def synthesize(model: ResponseModel, neurons: Sequence[int], per_neuron: int = 1
             reg = (cfg.lp_weight * lp_norm_term(x, cfg.lp_p, cfg.lp_scale)
                    + cfg.tv_weight * total_variation(x)).sum()
             g_reg, = torch.autograd.grad(reg, x)
+        if cfg.diversity > 0 and per_neuron > 1:
+            g_r = g_r + cfg.diversity * (1 - frac) * _away_from_siblings(x.detach(), per_neuron)
         sigma = cfg.grad_sigma[0] + (cfg.grad_sigma[1] - cfg.grad_sigma[0]) * frac
         step = cfg.step_size * (cfg.final_step_fraction + (1 - cfg.final_step_fraction)
                                 * 0.5 * (1 + math.cos(math.pi * frac)))

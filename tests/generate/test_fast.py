@@ -157,6 +157,16 @@ def test_synthesis_is_deterministic_and_raises_response(small_stack: CompactStac
     assert all(p.score > q.score for p, q in zip(a.picks, start.picks, strict=True))
 
 
+def test_synthesized_images_of_one_neuron_differ(small_stack: CompactStack) -> None:
+    """The diversity term keeps a neuron's restarts apart (without it they converge together)."""
+    def spread(diversity: float) -> float:
+        g = synthesize(small_stack, [1], per_neuron=3, seed=2, config=SynthesisConfig(steps=12, diversity=diversity))
+        th = thumbnails(g.images)
+        return float(pairwise_rms(th, th)[np.triu_indices(3, 1)].mean())
+
+    assert spread(1.0) > 2 * spread(0.0)
+
+
 def test_adversarial_respects_thresholds(small_stack: CompactStack) -> None:
     base = random_images(4, seed=11)
     up = adversarial(small_stack, base, [0, 1, 2, 3], "+", max_abs=3, max_l2=150.0, step=1.0, steps=4)
