@@ -4,28 +4,32 @@ A teacher (the ensemble, the published compact models, any ``images -> (neurons,
 function) labels a large pool of unlabeled images: natural crops of recorded images, their
 "gaudy" versions (each colour channel pushed to 0 or 255 about its mean) and noise. Students
 have the 5-layer separable architecture of :mod:`modelserver.compact`; all of them train in one
-batched computation (:class:`StackedCompact`: grouped convolutions with a leading model axis),
-not a Python loop over neurons. Per-model channel masks let :mod:`modelserver.prune` remove
-filters from each student independently, and :meth:`StackedCompact.export` writes a normal
-:class:`~modelserver.compact.CompactModel` with only the kept filters.
+batched computation (:class:`~modelserver.distill_stack.StackedCompact`: grouped convolutions
+with a leading model axis, optionally a shared trunk computed once per batch), not a Python loop
+over neurons. A factorized readout (space x channels, ``readout_rank``) regularizes ``Beta``
+while training and is stored dense afterwards. Per-model channel masks let
+:mod:`modelserver.prune` remove filters from each student independently, and
+:meth:`StackedCompact.export` writes a normal :class:`~modelserver.compact.CompactModel` with
+only the kept filters.
 """
 
 from __future__ import annotations
 
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable
 from dataclasses import dataclass, field
 
 import numpy as np
 import torch
-from torch import nn
 from torch.nn import functional as F
 
-from modelserver.compact import IMAGE_SIZE, MAP_SIZE, CompactModel, preprocess
-from modelserver.cores import StackedBatchNorm, StackedConv
+from modelserver.compact import IMAGE_SIZE, preprocess
+from modelserver.distill_stack import StackedCompact
+from modelserver.distill_teacher import teacher_targets
 from modelserver.metrics import pearson_r
 
-__all__ = ["DistillConfig", "DistillReport", "StackedCompact", "distill", "gaudy", "make_pool", "teacher_targets"]
+__all__ = ["DistillConfig", "DistillReport", "StackedCompact", "distill", "evaluate", "gaudy", "make_pool",
+           "one_cycle", "predict_students", "teacher_targets"]
 
 Teacher = Callable[[np.ndarray], np.ndarray]  # uint8 (K, 112, 112, 3) -> (neurons, K)
 
@@ -84,171 +88,23 @@ def make_pool(images: np.ndarray, n: int, seed: int = 0, fractions: tuple[float,
     return pool[rng.permutation(len(pool))]
 
 
-@torch.no_grad()
-def teacher_targets(models: Sequence[nn.Module], images: np.ndarray, batch_size: int = 128,
-                    device: torch.device | str = "cpu") -> np.ndarray:
-    """(neurons, K) outputs of a list of compact models (e.g. the published ones) on ``images``."""
-    outs = np.zeros((len(models), len(images)))
-    for i in range(0, len(images), batch_size):
-        # channels-last activity makes the depthwise convolutions several times faster on CPU
-        x = preprocess(images[i:i + batch_size], device=device).contiguous(memory_format=torch.channels_last)
-        for k, m in enumerate(models):
-            outs[k, i:i + batch_size] = m(x.to(next(m.parameters()).dtype)).double().cpu().numpy()
-    return outs
-
-
-# --- students ----------------------------------------------------------------------------------
-class StackedCompact(nn.Module):
-    """``n`` compact models with filters ``(K0..K4)`` in one batched computation.
-
-    (B, 3, 112, 112) preprocessed images -> (B, n). ``masks[L]`` (n, K_L) switch filters off
-    (pruning); a masked filter's output is zero, exactly as if it were removed.
-
-    ``shared_layer0``: the students share (and learn together) one layer 0, computed once per
-    batch for all of them; that full-resolution layer dominates the cost of a student, so this
-    is where batching pays on a CPU. Each exported student gets its own copy (pruned separately).
-    """
-
-    def __init__(self, n: int, filters: Sequence[int] = (16, 16, 8, 8, 8), shared_layer0: bool = False) -> None:
-        super().__init__()
-        k = [int(f) for f in filters]
-        if len(k) != 5:
-            raise ValueError("a compact model has 5 layers")
-        self.n, self.filters, self.shared_layer0 = n, tuple(k), shared_layer0
-        n0 = 1 if shared_layer0 else n
-        self.conv0 = StackedConv(n0, 3, k[0], 5, padding=2, mode="shared")
-        self.bn = nn.ModuleList([StackedBatchNorm(n0, k[0])])
-        self.depth = nn.ModuleList()
-        self.point = nn.ModuleList()
-        for i in range(1, 5):
-            s, p = (2, 0) if i <= 2 else (1, 2)
-            self.depth.append(StackedConv(n, k[i - 1], k[i - 1], 5, stride=s, padding=p, mode="depthwise", bias=False))
-            self.point.append(StackedConv(n, k[i - 1], k[i], 1, mode="grouped"))
-            self.bn.append(StackedBatchNorm(n, k[i]))
-        self.beta = nn.Parameter(torch.randn(n, MAP_SIZE, MAP_SIZE, k[4]) * (1.0 / (MAP_SIZE * np.sqrt(k[4]))))
-        self.beta_bias = nn.Parameter(torch.zeros(n))
-        for i, kk in enumerate(k):
-            self.register_buffer(f"mask{i}", torch.ones(n, kk))
-
-    def mask(self, layer: int) -> torch.Tensor:
-        m: torch.Tensor = getattr(self, f"mask{layer}")
-        return m
-
-    def layer_input(self, x: torch.Tensor, upto: int) -> torch.Tensor:
-        """Activity after layers < ``upto`` (for caching while pruning layer ``upto``)."""
-        h = x.contiguous(memory_format=torch.channels_last)
-        for i in range(upto):
-            h = self.layer(h, i)
-        return h
-
-    def unmasked(self, h: torch.Tensor, i: int) -> torch.Tensor:
-        """Layer ``i`` before its filter mask (with a shared layer 0: (B, K0, H, W) for all students)."""
-        if i == 0:
-            return F.relu(self.bn[0](self.conv0(h)))
-        if i <= 2:
-            h = F.pad(h, (1, 3, 1, 3))
-        d: StackedConv = self.depth[i - 1]  # type: ignore[assignment]
-        if i == 1 and self.shared_layer0:
-            # each student's depthwise filters on the one shared map: groups = K0, then reorder to
-            # (student, channel) and apply the students' layer-0 masks (depthwise(0) = 0, no bias)
-            k0 = self.filters[0]
-            w = d.weight.transpose(0, 1).reshape(k0 * self.n, 1, *d.weight.shape[-2:])
-            h = F.conv2d(h, w, stride=d.stride, padding=d.padding, groups=k0)
-            b, _, hh, ww = h.shape
-            h = h.reshape(b, k0, self.n, hh, ww).transpose(1, 2).reshape(b, self.n * k0, hh, ww)
-            h = h.contiguous(memory_format=torch.channels_last)
-            m0 = self.mask(0)
-            if not bool((m0 == 1).all()):
-                h = h * m0.reshape(1, -1, 1, 1)
-        else:
-            h = d(h)
-        return F.relu(self.bn[i](self.point[i - 1](h)))
-
-    def layer(self, h: torch.Tensor, i: int) -> torch.Tensor:
-        out = self.unmasked(h, i)
-        if i == 0 and self.shared_layer0:
-            return out  # its masks act inside layer 1
-        m = self.mask(i)
-        return out if bool((m == 1).all()) else out * m.reshape(1, -1, 1, 1)
-
-    def from_pre(self, pre: torch.Tensor, layer: int) -> torch.Tensor:
-        """Outputs from layer ``layer``'s unmasked activity (the current masks applied)."""
-        if layer == 0 and self.shared_layer0:
-            h = pre
-        else:
-            h = pre * self.mask(layer).reshape(1, -1, 1, 1)
-        for i in range(layer + 1, 5):
-            h = self.layer(h, i)
-        return self.head(h)
-
-    def head(self, h: torch.Tensor) -> torch.Tensor:
-        b = h.shape[0]
-        h = h.contiguous().reshape(b, self.n, self.filters[4], MAP_SIZE, MAP_SIZE)
-        return torch.einsum("bnkhw,nhwk->bn", h, self.beta) + self.beta_bias
-
-    def forward(self, x: torch.Tensor, start: int = 0) -> torch.Tensor:
-        h = x.contiguous(memory_format=torch.channels_last)  # depthwise convs are much faster so on CPU
-        for i in range(start, 5):
-            h = self.layer(h, i)
-        return self.head(h)
-
-    def kept_filters(self) -> np.ndarray:
-        """(n, 5) number of unmasked filters per model and layer."""
-        return np.stack([self.mask(i).sum(1).cpu().numpy() for i in range(5)], 1).astype(int)
-
-    @torch.no_grad()
-    def select(self, indices: Sequence[int]) -> StackedCompact:
-        """A new stack holding copies of the given students (same weights, masks and statistics)."""
-        idx = torch.as_tensor(list(indices), dtype=torch.long)
-        out = StackedCompact(len(idx), self.filters, self.shared_layer0).to(self.beta.device)
-        shared = ("conv0.", "bn.0.") if self.shared_layer0 else ()
-        out.load_state_dict({k: v.clone() if k.startswith(shared) else v[idx].clone()
-                             for k, v in self.state_dict().items()})
-        return out
-
-    @torch.no_grad()
-    def export(self, j: int) -> CompactModel:
-        """Student ``j`` as a plain :class:`CompactModel` holding only its kept filters."""
-        keep = [torch.nonzero(self.mask(i)[j] > 0)[:, 0] for i in range(5)]
-        keep = [k if len(k) else torch.zeros(1, dtype=torch.long) for k in keep]
-        model = CompactModel([len(k) for k in keep])
-        L = model.layers
-        j0 = 0 if self.shared_layer0 else j
-        L.layer0_conv.weight.copy_(self.conv0.weight[j0][keep[0]])
-        assert self.conv0.bias is not None and L.layer0_conv.bias is not None
-        L.layer0_conv.bias.copy_(self.conv0.bias[j0][keep[0]])
-        for i in range(5):
-            bn_src: StackedBatchNorm = self.bn[i]  # type: ignore[assignment]
-            bn_dst: nn.BatchNorm2d = getattr(L, f"layer{i}_bn")
-            for name in ("weight", "bias", "running_mean", "running_var"):
-                src: torch.Tensor = getattr(bn_src, name)
-                getattr(bn_dst, name).copy_(src[j0 if i == 0 else j][keep[i]])
-            bn_dst.eval()
-        for i in range(1, 5):
-            d: StackedConv = self.depth[i - 1]  # type: ignore[assignment]
-            p: StackedConv = self.point[i - 1]  # type: ignore[assignment]
-            conv_d: nn.Conv2d = getattr(L, f"layer{i}_conv_depth")
-            conv_p: nn.Conv2d = getattr(L, f"layer{i}_conv_point")
-            conv_d.weight.copy_(d.weight[j][keep[i - 1]])
-            conv_p.weight.copy_(p.weight[j][keep[i]][:, keep[i - 1]])
-            assert p.bias is not None and conv_p.bias is not None
-            conv_p.bias.copy_(p.bias[j][keep[i]])
-        beta = self.beta[j][:, :, keep[4]]  # (28, 28, K4) channels last, as the published Beta
-        L.Beta.weight.copy_(beta.reshape(1, -1))
-        L.Beta.bias.copy_(self.beta_bias[j:j + 1])
-        return model.eval()
-
-
 # --- training ----------------------------------------------------------------------------------
 @dataclass
 class DistillConfig:
+    """Students' filters, sharing (see :class:`StackedCompact`) and the optimisation."""
+
     filters: tuple[int, ...] = (16, 16, 8, 8, 8)
     shared_layer0: bool = False  # one layer 0 learned by all students together: computed once per batch
+    shared: int | None = None  # leading units shared by all students (overrides shared_layer0)
+    readout_rank: int | None = None  # train Beta as (space x rank) @ (rank x channels); exported dense
     epochs: int = 8
     batch_size: int = 32
     lr: float = 3e-3
+    weight_decay: float = 0.0
     val_fraction: float = 0.1
     time_budget_s: float | None = None
+    stop_r: float | None = None  # stop after an epoch where ``stop_fraction`` of students reach this val r
+    stop_fraction: float = 1.0
     seed: int = 0
 
 
@@ -258,6 +114,16 @@ class DistillReport:
     seconds: float
     steps: int
     history: list[float] = field(default_factory=list)
+
+
+def one_cycle(frac: float, max_lr: float, warmup: float = 0.3, div: float = 25.0, final_div: float = 1e4) -> float:
+    """Learning rate at ``frac`` (0..1) of training: cosine up from ``max_lr / div`` over the first
+    ``warmup`` of it, then cosine down to ``max_lr / (div * final_div)`` (the one-cycle policy)."""
+    lo, end = max_lr / div, max_lr / (div * final_div)
+    if frac < warmup:
+        return lo + (max_lr - lo) * (1 - np.cos(np.pi * frac / warmup)) / 2
+    t = min(1.0, (frac - warmup) / (1 - warmup))
+    return float(end + (max_lr - end) * (1 + np.cos(np.pi * t)) / 2)
 
 
 def _standardize(y: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
@@ -272,7 +138,12 @@ def distill(pool: np.ndarray, targets: np.ndarray, config: DistillConfig | None 
 
     Targets are standardized per neuron (mean squared error summed over students, so each
     student's gradient is its own); the students' ``Beta`` is rescaled afterwards so their outputs
-    are in the teacher's units. ``model``: start from these students instead of a fresh stack.
+    are in the teacher's units, and a factorized readout is stored as the dense ``Beta``.
+    ``model``: start from these students instead of a fresh stack.
+    A one-cycle learning-rate schedule (:func:`one_cycle`) spans all ``epochs``, or the time budget
+    where ``time_budget_s`` is given and runs out first (progress is the larger of the fractions
+    of steps and of time used), so training always ends annealed; ``stop_r`` may end it after an
+    epoch where enough students reach that correlation on the validation images.
     """
     c = config or DistillConfig()
     torch.manual_seed(c.seed)
@@ -285,40 +156,47 @@ def distill(pool: np.ndarray, targets: np.ndarray, config: DistillConfig | None 
     n_val = max(1, round(c.val_fraction * k))
     vi, ti = order[:n_val], order[n_val:]
     if model is None:
-        model = StackedCompact(n, c.filters, c.shared_layer0).to(device)
+        shared = c.shared if c.shared is not None else int(c.shared_layer0)
+        model = StackedCompact(n, c.filters, shared=shared, readout_rank=c.readout_rank).to(device)
     elif model.n != n:
         raise ValueError(f"{model.n} students but targets for {n} neurons")
-    opt = torch.optim.Adam(model.parameters(), lr=c.lr)
+    opt = torch.optim.AdamW(model.parameters(), lr=one_cycle(0.0, c.lr), weight_decay=c.weight_decay)
     yt = torch.as_tensor(y.T, dtype=torch.float32)
     steps_per_epoch = max(1, len(ti) // c.batch_size)
-    sched = torch.optim.lr_scheduler.OneCycleLR(opt, max_lr=c.lr, total_steps=c.epochs * steps_per_epoch)
+    total = c.epochs * steps_per_epoch
     t0 = time.monotonic()
-    steps = 0
-    history = []
+    steps, frac = 0, 0.0
+    history: list[float] = []
     for epoch in range(c.epochs):
         model.train()
         perm = rng.permutation(ti)
         for s in range(steps_per_epoch):
-            idx = perm[s * c.batch_size:(s + 1) * c.batch_size]
+            idx = np.sort(perm[s * c.batch_size:(s + 1) * c.batch_size])
             x = preprocess(pool[idx], device=device)
             loss = ((model(x) - yt[idx].to(device)) ** 2).mean(0).sum()
             opt.zero_grad(set_to_none=True)
             loss.backward()
             opt.step()
-            sched.step()
             steps += 1
-            if c.time_budget_s is not None and time.monotonic() - t0 > c.time_budget_s:
+            frac = steps / total
+            if c.time_budget_s is not None:
+                frac = max(frac, (time.monotonic() - t0) / c.time_budget_s)
+            if frac >= 1.0:
                 break
+            for group in opt.param_groups:
+                group["lr"] = one_cycle(frac, c.lr)
         val = evaluate(model, pool[vi], y[:, vi], device)
         history.append(float(np.median(val)))
         if progress is not None:
-            progress({"epoch": float(epoch + 1), "median_val_r": history[-1], "seconds": time.monotonic() - t0})
-        if c.time_budget_s is not None and time.monotonic() - t0 > c.time_budget_s:
+            progress({"epoch": float(epoch + 1), "median_val_r": history[-1], "min_val_r": float(val.min()),
+                      "seconds": time.monotonic() - t0})
+        if frac >= 1.0:
             break
-    with torch.no_grad():  # back to teacher units
-        model.beta.mul_(torch.as_tensor(sd, dtype=torch.float32, device=device)[:, None, None, None])
-        model.beta_bias.mul_(torch.as_tensor(sd, dtype=torch.float32, device=device)).add_(
-            torch.as_tensor(mu, dtype=torch.float32, device=device))
+        if c.stop_r is not None and np.mean(val >= c.stop_r) >= c.stop_fraction:
+            break
+    model.scale_readout(torch.as_tensor(sd, dtype=torch.float32, device=device),  # back to teacher units
+                        torch.as_tensor(mu, dtype=torch.float32, device=device))
+    model.materialize_readout()
     val = evaluate(model, pool[vi], targets[:, vi], device)
     return model.eval(), DistillReport(val, time.monotonic() - t0, steps, history)
 
