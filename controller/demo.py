@@ -35,7 +35,7 @@ from rich.table import Table
 
 from controller.config import RunConfig
 from controller.images import ImageLibrary, synthetic_images
-from controller.modellink import ZmqModelLink, model_session
+from controller.modellink import ZmqModelLink, model_session, natural_key
 from controller.runner import open_session
 from controller.store import SessionReader
 from protocols.library.maximize import MaximizeProtocol
@@ -197,14 +197,16 @@ def heldout_trials(path: Path, block: str = "heldout") -> tuple[list[str], np.nd
     resp = [d for d in docs if isinstance(d, ResponseDoc) and d.trial_id.removesuffix(".again") in image_of]
     ids = list(dict.fromkeys(image_of.values()))
     col = {i: n for n, i in enumerate(ids)}
-    per: dict[str, list[np.ndarray]] = {}
+    per: dict[str, list[tuple[list[str], np.ndarray]]] = {}
     for d in resp:
-        per.setdefault(image_of[d.trial_id.removesuffix(".again")], []).append(np.asarray(d.counts, float))
-    n_units = len(resp[0].units) if resp else 0
-    raw = np.full((n_units, len(ids), max((len(v) for v in per.values()), default=0)), np.nan)
+        per.setdefault(image_of[d.trial_id.removesuffix(".again")], []).append((d.units, np.asarray(d.counts, float)))
+    # a trial lists the units the rig had seen by then: rows by unit name, in the model's order
+    units = sorted({u for d in resp for u in d.units}, key=natural_key)
+    row = {u: k for k, u in enumerate(units)}
+    raw = np.full((len(units), len(ids), max((len(v) for v in per.values()), default=0)), np.nan)
     for img, reps in per.items():
-        for r, c in enumerate(reps):
-            raw[:, col[img], r] = c
+        for r, (names, c) in enumerate(reps):
+            raw[[row[u] for u in names], col[img], r] = c
     return ids, raw, [images[i] for i in ids]
 
 
