@@ -40,7 +40,7 @@ from controller.runner import open_session
 from controller.store import SessionReader
 from protocols.library.maximize import MaximizeProtocol
 from protocols.library.sysid import SysidProtocol
-from wire.documents import BlockDoc, StepDoc
+from wire.documents import BlockDoc, ResponseDoc, StepDoc
 from wire.errors import CortexloopError
 from wire.model import Predict, Prediction
 from wire.transport import RpcClient
@@ -185,8 +185,6 @@ async def score_session(rpc: str, session: str, images: np.ndarray, truth: np.nd
 
 def heldout_trials(path: Path, block: str = "heldout") -> tuple[list[str], np.ndarray, list[np.ndarray]]:
     """(image ids, raw counts (neurons, images, repeats; NaN-padded), pixels) of a repeated block."""
-    from wire.documents import ResponseDoc
-
     with SessionReader(path) as reader:
         docs = list(reader.documents())
         images = reader.images()

@@ -490,14 +490,8 @@ class Engine:
             np.random.default_rng(step.seed if step.seed is not None else self._seed("order", step.block_id)) \
                 .shuffle(order)
         recs = [TrialRecord(f"{step.block_id}/{n}", step.block_id, n, ids[k], conds[k]) for n, k in enumerate(order)]
-        for img in dict.fromkeys(ids):
-            self.store.write(ImageDoc(image_id=img, pixels=self.pixels[img]))
-        self.store.write_many(picks)
-        self.store.write(BlockDoc(block_id=step.block_id, index=len(self.blocks), source=step.images[0].label,
-                                  fallback=bool(fallbacks), n_trials=len(recs),
-                                  params={"step": step.model_dump(mode="json"), "fallbacks": fallbacks,
-                                          "trials": [[r.trial_id, r.image_id, r.condition] for r in recs]}))
-        return self._add_block(step, recs, dict(zip(ids, conds, strict=True)), fallbacks)
+        return self._add_block(step, recs, fallbacks, picks, source=step.images[0].label, fallback=bool(fallbacks),
+                               conditions=dict(zip(ids, conds, strict=True)))
 
     async def _prepare_recorded(self, step: PresentBlock, recording: Recording) -> BlockRecord:
         """Replay: the block's trials exactly as recorded (same ids, images, order and conditions).
@@ -526,18 +520,22 @@ class Engine:
                 continue
             picks += [p.model_copy(update={"block_id": step.block_id, "details": {
                 **p.details, "counterfactual": True, "shown": p.image_id in shown}}) for p in gen.picks]
+        return self._add_block(step, recs, list(recorded.params.get("fallbacks", [])), picks,
+                               source=recorded.source, fallback=recorded.fallback, replay_of=recorded.uid)
+
+    def _add_block(self, step: PresentBlock, recs: list[TrialRecord], fallbacks: list[str], picks: list[PickDoc],
+                   *, source: str, fallback: bool, conditions: dict[str, str] | None = None,
+                   **params: Any) -> BlockRecord:
+        """Record a prepared block (its images, picks and block document) and start tracking it."""
         for img in dict.fromkeys(r.image_id for r in recs):
             self.store.write(ImageDoc(image_id=img, pixels=self.pixels[img]))
         self.store.write_many(picks)
-        fallbacks = list(recorded.params.get("fallbacks", []))
-        self.store.write(BlockDoc(block_id=step.block_id, index=len(self.blocks), source=recorded.source,
-                                  fallback=recorded.fallback, n_trials=len(recs),
-                                  params={"step": step.model_dump(mode="json"), "fallbacks": fallbacks,
-                                          "trials": recorded.params["trials"], "replay_of": recorded.uid}))
-        return self._add_block(step, recs, {r.image_id: r.condition for r in recs}, fallbacks)
-
-    def _add_block(self, step: PresentBlock, recs: list[TrialRecord], conditions: dict[str, str],
-                   fallbacks: list[str]) -> BlockRecord:
+        self.store.write(BlockDoc(block_id=step.block_id, index=len(self.blocks), source=source, fallback=fallback,
+                                  n_trials=len(recs), params={
+                                      "step": step.model_dump(mode="json"), "fallbacks": fallbacks,
+                                      "trials": [[r.trial_id, r.image_id, r.condition] for r in recs], **params}))
+        if conditions is None:
+            conditions = {r.image_id: r.condition for r in recs}
         block = BlockRecord(step.block_id, step, recs, conditions, fallbacks,
                             StateMachine(f"block {step.block_id}", BlockState.PREPARING, BLOCK_TRANSITIONS))
         block.state.on_change(lambda o, n: self._status("block", {"block_id": step.block_id, "state": n.value}))
