@@ -5,8 +5,12 @@ from __future__ import annotations
 import asyncio
 import logging
 import sys
+from collections.abc import Mapping
 from pathlib import Path
+from typing import NoReturn
 
+import numpy as np
+import torch
 import typer
 
 from modelserver.ensemble import EnsembleConfig
@@ -58,6 +62,102 @@ def info_cmd(data_dir: Path = typer.Option(Path("modelserver-data"))) -> None:
             typer.echo(f"session {s.name}: {s.neurons} neurons, {s.trials} trials, {s.images} images")
     for p in sorted((data_dir / "versions").glob("*.pt")):
         typer.echo(f"version {p.stem} ({p.stat().st_size} bytes)")
+
+
+@app.command("distill")
+def distill_cmd(
+    data_dir: Path = typer.Option(..., help="the server's data folder (training_set.h5, versions/)"),
+    session: str = typer.Option(..., help="session whose neurons get compact models"),
+    out: Path = typer.Option(..., help="folder for compact_model_<session>_neuron<k>.pt files"),
+    version: str | None = typer.Option(None, help="model version (default: the latest)"),
+    pool: int = typer.Option(8192, help="labelled pool images for training"),
+    heldout: int = typer.Option(512, help="further pool images: half prune, half test"),
+    filters: str = typer.Option("24,48,8,6,6", help="students' filters per layer before pruning"),
+    shared: int = typer.Option(4, help="leading units the students share while training (0..8)"),
+    train_minutes: float = typer.Option(10.0),
+    prune_minutes: float = typer.Option(5.0),
+    finetune_minutes: float = typer.Option(3.0),
+    seed: int = typer.Option(0),
+    device: str = typer.Option("cpu", help="torch device: cpu, cuda, cuda:1, ..."),
+    threads: int = typer.Option(0, help="torch CPU threads (0: torch's default)"),
+    overwrite: bool = typer.Option(False, "--overwrite", help="replace this session's models in --out"),
+) -> None:
+    """Distil, prune and fine-tune compact models of a session's neurons from an ensemble version.
+
+    Writes compact_model_<session>_neuron<k>.pt + .filters.npy per neuron and summary.json to --out.
+    """
+    from modelserver.compress import (
+        CompressConfig,
+        check_out_dir,
+        compress,
+        format_report,
+        read_version,
+        write_compact_models,
+    )
+    from modelserver.dataset import TrainingSet
+    from wire.errors import CortexloopError
+
+    def fail(message: str) -> NoReturn:
+        typer.echo(f"error: {message}", err=True)
+        raise typer.Exit(1)
+
+    if threads:
+        torch.set_num_threads(threads)
+    try:
+        cfg = CompressConfig(pool=pool, heldout=heldout, filters=tuple(int(v) for v in filters.split(",")),
+                             shared=shared, train_minutes=train_minutes, prune_minutes=prune_minutes,
+                             finetune_minutes=finetune_minutes, seed=seed)
+        check_out_dir(out, session, overwrite)
+    except (ValueError, FileExistsError) as exc:
+        fail(str(exc))
+    ts_path = data_dir / "training_set.h5"
+    if not ts_path.is_file():
+        fail(f"no training set at {ts_path}")
+    try:
+        ensemble, version_id = read_version(data_dir, version, device)
+    except CortexloopError as exc:
+        fail(str(exc))
+    if session not in ensemble.session_neurons:
+        fail(f"version {version_id} has no session {session!r} (it has: {', '.join(sorted(ensemble.session_neurons)) or 'none'})")
+    try:
+        with TrainingSet(ts_path) as ts:
+            base = ts.images(np.arange(ts.n_images))
+    except CortexloopError as exc:
+        fail(str(exc))
+    if len(base) == 0:
+        fail(f"the training set at {ts_path} holds no images")
+    neurons = ensemble.session_neurons[session]
+    typer.echo(f"version {version_id}, session {session}: {neurons} neurons; {len(base)} training-set images "
+               f"({base.shape[1]}x{base.shape[2]}); pool {cfg.pool} + {cfg.heldout} held out", err=False)
+
+    def teacher(images: np.ndarray) -> np.ndarray:
+        return ensemble.predict(images, session)
+
+    last_labels = [0.0]
+
+    def progress(stage: str, info: Mapping[str, float]) -> None:
+        if stage == "pool":
+            typer.echo(f"pool: {int(info['images'])} images in {info['seconds']:.0f} s")
+        elif stage == "labels":  # about ten lines in all
+            if info["done"] - last_labels[0] >= info["total"] / 10 or info["done"] == info["total"]:
+                last_labels[0] = info["done"]
+                typer.echo(f"labels: {int(info['done'])}/{int(info['total'])}")
+        elif stage in ("distill", "finetune"):
+            typer.echo(f"{stage} epoch {int(info['epoch'])}: validation r median {info['median_val_r']:.3f}, "
+                       f"min {info['min_val_r']:.3f} ({info['seconds']:.0f} s)")
+        elif stage == "prune" and "images" in info:
+            typer.echo(f"prune: on {int(info['images'])} held-out images")
+        elif stage == "prune":
+            typer.echo(f"prune: {int(info['evaluations'])} evaluations in {info['seconds']:.0f} s")
+
+    try:
+        model, report = compress(teacher, base, cfg, device=device, progress=progress)
+        report.extra = {"session": session, "version": version_id, "data_dir": str(data_dir.resolve())}
+        paths = write_compact_models(model, out, session, report, overwrite=overwrite)
+    except (ValueError, FileExistsError) as exc:
+        fail(str(exc))
+    typer.echo(format_report(report))
+    typer.echo(f"wrote {len(paths)} compact models and summary.json to {out}")
 
 
 def run() -> None:

@@ -133,13 +133,16 @@ def _standardize(y: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
 
 def distill(pool: np.ndarray, targets: np.ndarray, config: DistillConfig | None = None,
             device: torch.device | str = "cpu", progress: Callable[[dict[str, float]], None] | None = None,
-            model: StackedCompact | None = None) -> tuple[StackedCompact, DistillReport]:
+            model: StackedCompact | None = None,
+            calibrated: bool = False) -> tuple[StackedCompact, DistillReport]:
     """Train one student per row of ``targets`` (neurons, K) on ``pool`` (K, 112, 112, 3), batched.
 
     Targets are standardized per neuron (mean squared error summed over students, so each
     student's gradient is its own); the students' ``Beta`` is rescaled afterwards so their outputs
     are in the teacher's units, and a factorized readout is stored as the dense ``Beta``.
-    ``model``: start from these students instead of a fresh stack.
+    ``model``: start from these students instead of a fresh stack (their masks stay as they are);
+    ``calibrated``: its outputs are in the targets' units already (students distilled before, e.g.
+    pruned students to fine-tune), so their readouts are first brought to the standardized units.
     A one-cycle learning-rate schedule (:func:`one_cycle`) spans all ``epochs``, or the time budget
     where ``time_budget_s`` is given and runs out first (progress is the larger of the fractions
     of steps and of time used), so training always ends annealed; ``stop_r`` may end it after an
@@ -160,6 +163,9 @@ def distill(pool: np.ndarray, targets: np.ndarray, config: DistillConfig | None 
         model = StackedCompact(n, c.filters, shared=shared, readout_rank=c.readout_rank).to(device)
     elif model.n != n:
         raise ValueError(f"{model.n} students but targets for {n} neurons")
+    if calibrated:
+        model.scale_readout(torch.as_tensor(1.0 / sd, dtype=torch.float32, device=device),  # to standardized units
+                            torch.as_tensor(-mu / sd, dtype=torch.float32, device=device))
     opt = torch.optim.AdamW(model.parameters(), lr=one_cycle(0.0, c.lr), weight_decay=c.weight_decay)
     yt = torch.as_tensor(y.T, dtype=torch.float32)
     steps_per_epoch = max(1, len(ti) // c.batch_size)

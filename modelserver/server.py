@@ -17,10 +17,8 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import json
 import logging
 import threading
-import time
 import uuid
 from collections.abc import Awaitable, Callable, Mapping
 from dataclasses import dataclass, field, replace
@@ -30,6 +28,7 @@ from typing import Any
 import numpy as np
 import torch
 
+from modelserver.compress import latest_version, load_version, save_version, version_infos, version_path
 from modelserver.dataset import TrainingSet
 from modelserver.ensemble import DeepEnsemble, EnsembleConfig
 from wire.base import Message
@@ -52,7 +51,6 @@ from wire.model import (
     Train,
     TrainDone,
     TrainProgress,
-    VersionInfo,
     Versions,
 )
 from wire.transport import EventPublisher, RpcServer
@@ -101,7 +99,7 @@ class ModelServer:
         self._cancel = threading.Event()
         self._rpc: RpcServer | None = None
         self._pub: EventPublisher | None = None
-        latest = self._latest_version()
+        latest = latest_version(self.versions_dir)
         if latest is not None:
             self._load(latest)
 
@@ -179,7 +177,7 @@ class ModelServer:
                             epoch=int(self._job_info["epoch"]) if training and self._job_info else None,
                             val_r=self._job_info.get("val_r") if training else None,
                             current_version=self.version, sessions=sessions,
-                            versions=len(self._version_infos()))
+                            versions=len(version_infos(self.versions_dir)))
 
     async def train(self, cmd: Train) -> JobStarted:
         if self._job is not None and not self._job.done():
@@ -231,7 +229,7 @@ class ModelServer:
             return model.predict(images, session)
 
     async def list_versions(self, _cmd: ListVersions) -> Versions:
-        return Versions(versions=self._version_infos(), current=self.version)
+        return Versions(versions=version_infos(self.versions_dir), current=self.version)
 
     async def load_version(self, cmd: LoadVersion) -> Ok:
         await asyncio.to_thread(self._load, cmd.version)
@@ -245,7 +243,7 @@ class ModelServer:
         return Exported(version=version, path=cmd.path, bytes=size)
 
     def _export(self, version: str, dest: Path) -> int:
-        src = self._version_path(version)
+        src = version_path(self.versions_dir, version)
         try:
             dest.parent.mkdir(parents=True, exist_ok=True)
             dest.write_bytes(src.read_bytes())
@@ -298,40 +296,12 @@ class ModelServer:
         report = model.fit(data, progress=progress, should_stop=self._cancel.is_set)
         return model, report
 
-    # --- versions --------------------------------------------------------------------------
-    def _version_path(self, version: str) -> Path:
-        if not version.replace("-", "").isalnum():
-            raise InvalidRequest(f"bad version id {version!r}")
-        p = self.versions_dir / f"{version}.pt"
-        if not p.is_file():
-            raise NotFound(f"unknown model version {version!r}")
-        return p
-
+    # --- versions (stored as modelserver.compress reads and writes them) ----------------------
     def _save_version(self, model: DeepEnsemble, report: Any) -> str:
-        version = time.strftime("%Y%m%d-%H%M%S") + "-" + uuid.uuid4().hex[:6]
-        tmp = self.versions_dir / f".{version}.pt.tmp"
-        torch.save(model.export_state(), tmp)
-        tmp.replace(self.versions_dir / f"{version}.pt")
-        info = VersionInfo(version=version, created=time.time(), sessions=dict(model.session_neurons),
-                           val_r=float(np.mean(report.best_val_r)) if report.best_val_r else float("nan"),
-                           epochs=report.epochs)
-        (self.versions_dir / f"{version}.json").write_text(info.model_dump_json())
-        return version
-
-    def _version_infos(self) -> list[VersionInfo]:
-        out = []
-        for p in sorted(self.versions_dir.glob("*.json")):
-            with contextlib.suppress(ValueError):  # a half-written description is not a version
-                out.append(VersionInfo.model_validate(json.loads(p.read_text())))
-        return [v for v in out if (self.versions_dir / f"{v.version}.pt").is_file()]
-
-    def _latest_version(self) -> str | None:
-        infos = self._version_infos()
-        return max(infos, key=lambda v: v.created).version if infos else None
+        return save_version(self.versions_dir, model, report)
 
     def _read_version(self, version: str) -> DeepEnsemble:
-        blob = torch.load(self._version_path(version), map_location="cpu", weights_only=True)
-        return DeepEnsemble.from_state(blob, self.device)
+        return load_version(self.versions_dir, version, self.device)
 
     def _load(self, version: str) -> None:
         model = self._read_version(version)
