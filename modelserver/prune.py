@@ -44,7 +44,8 @@ def prune(model: StackedCompact, images: np.ndarray, targets: np.ndarray, *, tol
     """Prune ``model`` in place (its masks). ``targets``: (n, K) teacher outputs on ``images``.
 
     A student stops losing filters in a layer when its best removal would leave its correlation
-    below ``r_before - tolerance`` (and below ``min_r``, where given and reached before pruning).
+    below ``r_before - tolerance``, or below ``min_r`` where given; a student below ``min_r``
+    before pruning loses only filters whose removal does not lower its correlation at all.
     Every layer keeps at least one filter. Images go through in chunks of ``chunk``.
 
     ``joint``: layers whose filters are removed from all students at once (the removal that
@@ -71,8 +72,8 @@ def prune(model: StackedCompact, images: np.ndarray, targets: np.ndarray, *, tol
 
     r0 = score([model(x) for x in xs])
     floor = r0 - tolerance
-    if min_r is not None:
-        floor = np.where(r0 >= min_r, np.maximum(floor, min_r), floor)
+    if min_r is not None:  # never below min_r; a student already below it loses nothing more
+        floor = np.maximum(floor, np.minimum(r0, min_r))
     evals = 0
     n = model.n
 

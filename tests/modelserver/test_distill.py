@@ -175,6 +175,24 @@ def test_prune_time_budget_and_lazy_evaluation() -> None:
         assert np.all(rep.r_after >= rep.r_before - 0.05 - 1e-9)
 
 
+def test_prune_floor_min_r_keeps_good_students_above_it_and_weak_ones_as_they_are() -> None:
+    torch.set_num_threads(1)
+    rng = np.random.default_rng(5)
+    pool = make_pool(rng.integers(0, 256, (12, 112, 112, 3), dtype=np.uint8), 64, seed=6)
+    targets = _teacher(pool)
+    model, _ = distill(pool, targets, DistillConfig(filters=(6, 6, 4, 4, 4), epochs=6, batch_size=8))
+    r0 = evaluate(model, pool[:32], targets[:, :32])
+    order = np.sort(r0)
+    min_r = float((order[0] + order[1]) / 2)  # one student below the floor, two above it
+    free = prune(model.select(range(3)).eval(), pool[:32], targets[:, :32], tolerance=0.5)
+    rep = prune(model, pool[:32], targets[:, :32], tolerance=0.5, min_r=min_r)
+    weak, good = int(np.argmin(r0)), r0 >= min_r
+    assert free.r_after[weak] < r0[weak] - 1e-6  # without the floor, a loose tolerance costs the weak one
+    assert rep.r_after[weak] >= r0[weak] - 1e-9
+    assert np.all(rep.r_after[good] >= min_r - 1e-9)
+    assert rep.filters_after.sum() < rep.filters_before.sum()
+
+
 def test_shared_layer0_flag_still_means_one_layer0() -> None:
     model = StackedCompact(3, FILTERS, shared_layer0=True)
     assert model.shared == 1 and _members(model.conv0) == 1 and _members(model.depth[0]) == 3
