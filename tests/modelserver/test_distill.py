@@ -158,12 +158,18 @@ def test_prune_removes_filters_within_tolerance_and_export_matches(shared: int) 
             np.testing.assert_allclose(cm(x).numpy(), out[j], rtol=1e-4, atol=1e-4 * np.abs(out[j]).max())
 
 
-def test_prune_time_budget_and_lazy_evaluation() -> None:
+def _distilled(seed: int, pool_seed: int, n: int, epochs: int) -> tuple[np.ndarray, np.ndarray, StackedCompact]:
+    """A pool of ``n`` images of random bases, the known teacher's targets, three students distilled on it."""
     torch.set_num_threads(1)
-    rng = np.random.default_rng(4)
-    pool = make_pool(rng.integers(0, 256, (12, 112, 112, 3), dtype=np.uint8), 48, seed=4)
+    rng = np.random.default_rng(seed)
+    pool = make_pool(rng.integers(0, 256, (12, 112, 112, 3), dtype=np.uint8), n, seed=pool_seed)
     targets = _teacher(pool)
-    model, _ = distill(pool, targets, DistillConfig(filters=(6, 6, 4, 4, 4), epochs=2, batch_size=8))
+    model, _ = distill(pool, targets, DistillConfig(filters=(6, 6, 4, 4, 4), epochs=epochs, batch_size=8))
+    return pool, targets, model
+
+
+def test_prune_time_budget_and_lazy_evaluation() -> None:
+    pool, targets, model = _distilled(seed=4, pool_seed=4, n=48, epochs=2)
     copy = model.select(range(3)).eval()
     rep = prune(model, pool[:24], targets[:, :24], time_budget_s=0.0)
     assert not rep.complete and rep.evaluations == 0 and (rep.filters_after == rep.filters_before).all()
@@ -176,11 +182,7 @@ def test_prune_time_budget_and_lazy_evaluation() -> None:
 
 
 def test_prune_floor_min_r_keeps_good_students_above_it_and_weak_ones_as_they_are() -> None:
-    torch.set_num_threads(1)
-    rng = np.random.default_rng(5)
-    pool = make_pool(rng.integers(0, 256, (12, 112, 112, 3), dtype=np.uint8), 64, seed=6)
-    targets = _teacher(pool)
-    model, _ = distill(pool, targets, DistillConfig(filters=(6, 6, 4, 4, 4), epochs=6, batch_size=8))
+    pool, targets, model = _distilled(seed=5, pool_seed=6, n=64, epochs=6)
     r0 = evaluate(model, pool[:32], targets[:, :32])
     order = np.sort(r0)
     min_r = float((order[0] + order[1]) / 2)  # one student below the floor, two above it
