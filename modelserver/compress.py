@@ -121,19 +121,19 @@ def save_version(versions_dir: Path, model: DeepEnsemble, report: FitReport) -> 
 class CompressConfig:
     """Pool, students, and the budgets of the three stages (see the module docstring)."""
 
-    pool: int = 8192  # labelled pool images for training (and distillation's validation)
-    heldout: int = 512  # further pool images: the first half prunes, the rest tests
+    pool: int = 23552  # labelled pool images for training (and distillation's validation)
+    heldout: int = 1024  # further pool images: the first half prunes, the rest tests
     filters: tuple[int, ...] = (24, 48, 8, 6, 6)
     shared: int = 4  # leading units shared by the students while training (see StackedCompact)
     readout_rank: int | None = 2  # Beta trained as space x channels (None: dense)
-    train_minutes: float = 10.0
+    train_minutes: float = 20.0
     batch_size: int = 32
     lr: float = 5e-3
     tolerance: float = 0.02  # allowed drop of r per pruned layer
     min_r: float = 0.9  # pruning stops at min_r + margin on its images
     margin: float = 0.01
     prune_minutes: float = 5.0  # no new pruning round after this (0: no pruning)
-    finetune_minutes: float = 3.0  # training of the pruned students (0: none)
+    finetune_minutes: float = 5.0  # training of the pruned students (0: none)
     finetune_lr: float = 1e-3
     seed: int = 0
     epochs: int = 100  # at most; the time budgets usually end training first
