@@ -27,7 +27,7 @@ from __future__ import annotations
 import argparse
 import sys
 import time
-from collections.abc import Callable, Mapping
+from collections.abc import Callable
 from pathlib import Path
 
 import numpy as np
@@ -43,6 +43,7 @@ from modelserver.compress import (  # noqa: E402
     Teacher,
     compress,
     format_report,
+    progress_printer,
     write_compact_models,
 )
 from modelserver.data import load_images  # noqa: E402
@@ -147,22 +148,7 @@ def main(argv: list[str] | None = None) -> None:
     teacher, what, teacher_filters = _teacher(args)
     print(f"teacher: {what}; students {args.filters}, shared={args.shared}; pool {cfg.pool} + {cfg.heldout} "
           f"held out (crops of {len(base)} images of the four training sessions, gaudy crops, noise)", flush=True)
-    last = [0.0]
-
-    def progress(stage: str, info: Mapping[str, float]) -> None:
-        if stage == "pool":
-            print(f"pool: {int(info['images'])} images in {info['seconds']:.0f} s", flush=True)
-        elif stage == "labels" and (info["done"] - last[0] >= info["total"] / 8 or info["done"] == info["total"]):
-            last[0] = info["done"]
-            print(f"labels: {int(info['done'])}/{int(info['total'])} ({time.monotonic() - t_start:.0f} s)",
-                  flush=True)
-        elif stage in ("distill", "finetune"):
-            print(f"  {stage} epoch {int(info['epoch'])}: validation r median {info['median_val_r']:.3f}, "
-                  f"min {info['min_val_r']:.3f} ({info['seconds']:.0f} s)", flush=True)
-        elif stage == "prune" and "evaluations" in info:
-            print(f"  prune: {int(info['evaluations'])} evaluations in {info['seconds']:.0f} s", flush=True)
-
-    students, rep = compress(teacher, base, cfg, progress=progress)
+    students, rep = compress(teacher, base, cfg, progress=progress_printer(lambda line: print(line, flush=True)))
     if args.out is not None:
         paths = write_compact_models(students, args.out, args.session, rep, overwrite=True)
         print(f"wrote {len(paths)} compact models and summary.json to {args.out}")

@@ -5,7 +5,6 @@ from __future__ import annotations
 import asyncio
 import logging
 import sys
-from collections.abc import Mapping
 from pathlib import Path
 from typing import NoReturn
 
@@ -91,10 +90,11 @@ def distill_cmd(
         check_out_dir,
         compress,
         format_report,
-        read_version,
+        progress_printer,
         write_compact_models,
     )
     from modelserver.dataset import TrainingSet
+    from modelserver.versions import read_version
     from wire.errors import CortexloopError
 
     def fail(message: str) -> NoReturn:
@@ -133,25 +133,8 @@ def distill_cmd(
     def teacher(images: np.ndarray) -> np.ndarray:
         return ensemble.predict(images, session)
 
-    last_labels = [0.0]
-
-    def progress(stage: str, info: Mapping[str, float]) -> None:
-        if stage == "pool":
-            typer.echo(f"pool: {int(info['images'])} images in {info['seconds']:.0f} s")
-        elif stage == "labels":  # about ten lines in all
-            if info["done"] - last_labels[0] >= info["total"] / 10 or info["done"] == info["total"]:
-                last_labels[0] = info["done"]
-                typer.echo(f"labels: {int(info['done'])}/{int(info['total'])}")
-        elif stage in ("distill", "finetune"):
-            typer.echo(f"{stage} epoch {int(info['epoch'])}: validation r median {info['median_val_r']:.3f}, "
-                       f"min {info['min_val_r']:.3f} ({info['seconds']:.0f} s)")
-        elif stage == "prune" and "images" in info:
-            typer.echo(f"prune: on {int(info['images'])} held-out images")
-        elif stage == "prune":
-            typer.echo(f"prune: {int(info['evaluations'])} evaluations in {info['seconds']:.0f} s")
-
     try:
-        model, report = compress(teacher, base, cfg, device=device, progress=progress)
+        model, report = compress(teacher, base, cfg, device=device, progress=progress_printer(typer.echo))
         report.extra = {"session": session, "version": version_id, "data_dir": str(data_dir.resolve())}
         paths = write_compact_models(model, out, session, report, overwrite=overwrite)
     except (ValueError, FileExistsError) as exc:

@@ -13,9 +13,6 @@ student's r with its teacher after every stage.
 (``compact_model_<session>_neuron<k>.pt`` + ``.filters.npy``, read by
 :func:`~modelserver.compact.load_compact_model`) plus ``summary.json``; every file is written to a
 temporary name and renamed, so a crash never leaves a half-written file.
-
-The model versions of a server's data folder (``versions/<id>.pt`` + ``<id>.json``) are read and
-written here too (:func:`read_version`, :func:`save_version`), for the server and the command line.
 """
 
 from __future__ import annotations
@@ -24,10 +21,8 @@ import contextlib
 import functools
 import json
 import math
-import os
 import re
 import time
-import uuid
 from collections.abc import Callable, Mapping
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -39,81 +34,17 @@ import torch
 from modelserver.compact import find_compact_models
 from modelserver.distill import DistillConfig, StackedCompact, distill, evaluate, make_pool
 from modelserver.distill_stack import UNITS
-from modelserver.ensemble import DeepEnsemble, FitReport
 from modelserver.prune import prune
-from wire.errors import InvalidRequest, NotFound
-from wire.model import VersionInfo
+from modelserver.versions import write_atomic
 
 __all__ = ["CompressConfig", "CompressReport", "Progress", "Teacher", "check_out_dir", "compress", "format_report",
-           "latest_version", "load_version", "read_version", "save_version", "version_infos", "version_path",
+           "progress_printer",
            "write_compact_models"]
 
 Teacher = Callable[[np.ndarray], np.ndarray]  # uint8 (K, 112, 112, 3) -> (neurons, K)
 Progress = Callable[[str, Mapping[str, float]], None]  # (stage, numbers)
 SUMMARY = "summary.json"
 _SESSION_FILE_RE = re.compile(r"^[A-Za-z0-9_]{1,64}$")  # what compact-model file names can carry
-
-
-# --- model versions ------------------------------------------------------------------------
-def version_path(versions_dir: Path, version: str) -> Path:
-    """``versions_dir/<version>.pt``; ``InvalidRequest`` for a malformed id, ``NotFound`` if absent."""
-    if not version.replace("-", "").isalnum():
-        raise InvalidRequest(f"bad version id {version!r}")
-    p = Path(versions_dir) / f"{version}.pt"
-    if not p.is_file():
-        raise NotFound(f"unknown model version {version!r}")
-    return p
-
-
-def version_infos(versions_dir: Path) -> list[VersionInfo]:
-    """Descriptions of the complete versions (a readable ``.json`` and its ``.pt``), sorted by file name."""
-    d = Path(versions_dir)
-    out = []
-    for p in sorted(d.glob("*.json")):
-        with contextlib.suppress(ValueError, OSError):  # a half-written description is not a version
-            out.append(VersionInfo.model_validate(json.loads(p.read_text())))
-    return [v for v in out if (d / f"{v.version}.pt").is_file()]
-
-
-def latest_version(versions_dir: Path) -> str | None:
-    """The most recently created version (by ``VersionInfo.created``), or None."""
-    infos = version_infos(versions_dir)
-    return max(infos, key=lambda v: v.created).version if infos else None
-
-
-def load_version(versions_dir: Path, version: str, device: torch.device | str = "cpu") -> DeepEnsemble:
-    """One saved version (tensors only: ``torch.load(weights_only=True)``)."""
-    blob = torch.load(version_path(versions_dir, version), map_location="cpu", weights_only=True)
-    return DeepEnsemble.from_state(blob, device)
-
-
-def read_version(data_dir: Path, version: str | None,
-                 device: torch.device | str = "cpu") -> tuple[DeepEnsemble, str]:
-    """The ensemble of ``version`` (None: the latest) in a server's data folder, and its id.
-
-    Raises ``NotFound`` where there is no such version (or none at all), ``InvalidRequest`` for a
-    malformed id.
-    """
-    versions_dir = Path(data_dir) / "versions"
-    if version is None:
-        version = latest_version(versions_dir)
-        if version is None:
-            raise NotFound(f"no model versions in {versions_dir}")
-    return load_version(versions_dir, version, device), version
-
-
-def save_version(versions_dir: Path, model: DeepEnsemble, report: FitReport) -> str:
-    """Save ``model`` as a new version (``<id>.pt`` then ``<id>.json``, each renamed into place)."""
-    d = Path(versions_dir)
-    version = time.strftime("%Y%m%d-%H%M%S") + "-" + uuid.uuid4().hex[:6]
-    tmp = d / f".{version}.pt.tmp"
-    torch.save(model.export_state(), tmp)
-    tmp.replace(d / f"{version}.pt")
-    info = VersionInfo(version=version, created=time.time(), sessions=dict(model.session_neurons),
-                       val_r=float(np.mean(report.best_val_r)) if report.best_val_r else float("nan"),
-                       epochs=report.epochs)
-    _write_atomic(d / f"{version}.json", lambda f: f.write(info.model_dump_json().encode()))
-    return version
 
 
 # --- configuration and report --------------------------------------------------------------
@@ -288,13 +219,35 @@ def compress(teacher: Teacher, base_images: np.ndarray, config: CompressConfig |
         ft = DistillConfig(filters=c.filters, shared=c.shared, epochs=c.epochs, batch_size=c.batch_size,
                            lr=c.finetune_lr, val_fraction=c.val_fraction, time_budget_s=60 * c.finetune_minutes,
                            seed=c.seed + 1)
-        students, frep = distill(pool[train_i], targets[:, train_i], ft, device=device, model=students.train(), calibrated=True,
-                                 progress=lambda i: emit("finetune", i))
+        students, frep = distill(pool[train_i], targets[:, train_i], ft, device=device, model=students.train(),
+                                 calibrated=True, progress=lambda i: emit("finetune", i))
         seconds["finetune"], steps["finetune"] = frep.seconds, frep.steps
     test("finetuned", students)
     report = CompressReport(c, r, prep.filters_before, students.kept_filters(), seconds, steps,
                             prune_complete=prep.complete, base_images=len(base))
     return students.eval(), report
+
+
+def progress_printer(echo: Callable[[str], None]) -> Progress:
+    """A ``progress`` for :func:`compress` that describes each stage in lines (about ten for labels)."""
+    last_labels = [0.0]
+
+    def progress(stage: str, info: Mapping[str, float]) -> None:
+        if stage == "pool":
+            echo(f"pool: {int(info['images'])} images in {info['seconds']:.0f} s")
+        elif stage == "labels":
+            if info["done"] - last_labels[0] >= info["total"] / 10 or info["done"] == info["total"]:
+                last_labels[0] = info["done"]
+                echo(f"labels: {int(info['done'])}/{int(info['total'])}")
+        elif stage in ("distill", "finetune"):
+            echo(f"{stage} epoch {int(info['epoch'])}: validation r median {info['median_val_r']:.3f}, "
+                 f"min {info['min_val_r']:.3f} ({info['seconds']:.0f} s)")
+        elif stage == "prune" and "images" in info:
+            echo(f"prune: on {int(info['images'])} held-out images")
+        elif stage == "prune":
+            echo(f"prune: {int(info['evaluations'])} evaluations in {info['seconds']:.0f} s")
+
+    return progress
 
 
 def format_report(report: CompressReport) -> str:
@@ -314,20 +267,6 @@ def format_report(report: CompressReport) -> str:
 
 
 # --- writing the compact models -----------------------------------------------------------------
-def _write_atomic(path: Path, write: Callable[[Any], Any]) -> None:
-    """``write(file)`` into a temporary file beside ``path``, flushed to disk, then renamed onto it."""
-    tmp = path.with_name(f".{path.name}.{uuid.uuid4().hex[:8]}.tmp")
-    try:
-        with open(tmp, "wb") as f:
-            write(f)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    finally:
-        with contextlib.suppress(FileNotFoundError):
-            tmp.unlink()
-
-
 def _torch_save(obj: Any, f: Any) -> None:
     torch.save(obj, f)
 
@@ -373,9 +312,9 @@ def write_compact_models(model: StackedCompact, out_dir: Path, session: str, rep
         path = out / _model_name(session, k)
         filters = np.asarray(compact.filters, dtype=np.int64)
         state = {name: t.detach().cpu().clone() for name, t in compact.state_dict().items()}
-        _write_atomic(path.with_name(path.name[:-3] + ".filters.npy"),
+        write_atomic(path.with_name(path.name[:-3] + ".filters.npy"),
                       functools.partial(np.save, arr=filters, allow_pickle=False))
-        _write_atomic(path, functools.partial(_torch_save, state))
+        write_atomic(path, functools.partial(_torch_save, state))
         paths.append(path)
         stale.discard(path)
     for p in sorted(stale):  # models of an earlier, larger run of this session
@@ -392,5 +331,5 @@ def write_compact_models(model: StackedCompact, out_dir: Path, session: str, rep
     summary["sessions"][session] = {**report.to_dict(), "created": time.time(),
                                     "files": [p.name for p in paths]}
     text = json.dumps(summary, indent=1)
-    _write_atomic(summary_path, lambda f: f.write(text.encode()))
+    write_atomic(summary_path, lambda f: f.write(text.encode()))
     return paths

@@ -28,9 +28,9 @@ from typing import Any
 import numpy as np
 import torch
 
-from modelserver.compress import latest_version, load_version, save_version, version_infos, version_path
 from modelserver.dataset import TrainingSet
 from modelserver.ensemble import DeepEnsemble, EnsembleConfig
+from modelserver.versions import latest_version, load_version, save_version, version_infos, version_path
 from wire.base import Message
 from wire.errors import Busy, InvalidRequest, ModelError, NotFound
 from wire.messages import Ok
@@ -296,7 +296,7 @@ class ModelServer:
         report = model.fit(data, progress=progress, should_stop=self._cancel.is_set)
         return model, report
 
-    # --- versions (stored as modelserver.compress reads and writes them) ----------------------
+    # --- versions (stored as modelserver.versions reads and writes them) ----------------------
     def _save_version(self, model: DeepEnsemble, report: Any) -> str:
         return save_version(self.versions_dir, model, report)
 

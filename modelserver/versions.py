@@ -1,0 +1,103 @@
+"""The model versions of a server's data folder (``versions/<id>.pt`` + ``<id>.json``) and atomic writes.
+
+Read and written by the server, ``cortexloop modelserver distill`` and :mod:`modelserver.compress`;
+each file goes to a temporary name first and is renamed into place, so a crash never leaves a
+half-written one.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+import time
+import uuid
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+from modelserver.ensemble import DeepEnsemble, FitReport
+from wire.errors import InvalidRequest, NotFound
+from wire.model import VersionInfo
+
+__all__ = ["latest_version", "load_version", "read_version", "save_version", "version_infos", "version_path",
+           "write_atomic"]
+
+
+def write_atomic(path: Path, write: Callable[[Any], Any]) -> None:
+    """``write(file)`` into a temporary file beside ``path``, flushed to disk, then renamed onto it."""
+    tmp = path.with_name(f".{path.name}.{uuid.uuid4().hex[:8]}.tmp")
+    try:
+        with open(tmp, "wb") as f:
+            write(f)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    finally:
+        with contextlib.suppress(FileNotFoundError):
+            tmp.unlink()
+
+
+# --- model versions ------------------------------------------------------------------------
+def version_path(versions_dir: Path, version: str) -> Path:
+    """``versions_dir/<version>.pt``; ``InvalidRequest`` for a malformed id, ``NotFound`` if absent."""
+    if not version.replace("-", "").isalnum():
+        raise InvalidRequest(f"bad version id {version!r}")
+    p = Path(versions_dir) / f"{version}.pt"
+    if not p.is_file():
+        raise NotFound(f"unknown model version {version!r}")
+    return p
+
+
+def version_infos(versions_dir: Path) -> list[VersionInfo]:
+    """Descriptions of the complete versions (a readable ``.json`` and its ``.pt``), sorted by file name."""
+    d = Path(versions_dir)
+    out = []
+    for p in sorted(d.glob("*.json")):
+        with contextlib.suppress(ValueError, OSError):  # a half-written description is not a version
+            out.append(VersionInfo.model_validate(json.loads(p.read_text())))
+    return [v for v in out if (d / f"{v.version}.pt").is_file()]
+
+
+def latest_version(versions_dir: Path) -> str | None:
+    """The most recently created version (by ``VersionInfo.created``), or None."""
+    infos = version_infos(versions_dir)
+    return max(infos, key=lambda v: v.created).version if infos else None
+
+
+def load_version(versions_dir: Path, version: str, device: torch.device | str = "cpu") -> DeepEnsemble:
+    """One saved version (tensors only: ``torch.load(weights_only=True)``)."""
+    blob = torch.load(version_path(versions_dir, version), map_location="cpu", weights_only=True)
+    return DeepEnsemble.from_state(blob, device)
+
+
+def read_version(data_dir: Path, version: str | None,
+                 device: torch.device | str = "cpu") -> tuple[DeepEnsemble, str]:
+    """The ensemble of ``version`` (None: the latest) in a server's data folder, and its id.
+
+    Raises ``NotFound`` where there is no such version (or none at all), ``InvalidRequest`` for a
+    malformed id.
+    """
+    versions_dir = Path(data_dir) / "versions"
+    if version is None:
+        version = latest_version(versions_dir)
+        if version is None:
+            raise NotFound(f"no model versions in {versions_dir}")
+    return load_version(versions_dir, version, device), version
+
+
+def save_version(versions_dir: Path, model: DeepEnsemble, report: FitReport) -> str:
+    """Save ``model`` as a new version (``<id>.pt`` then ``<id>.json``, each renamed into place)."""
+    d = Path(versions_dir)
+    version = time.strftime("%Y%m%d-%H%M%S") + "-" + uuid.uuid4().hex[:6]
+    tmp = d / f".{version}.pt.tmp"
+    torch.save(model.export_state(), tmp)
+    tmp.replace(d / f"{version}.pt")
+    info = VersionInfo(version=version, created=time.time(), sessions=dict(model.session_neurons),
+                       val_r=float(np.mean(report.best_val_r)) if report.best_val_r else float("nan"),
+                       epochs=report.epochs)
+    write_atomic(d / f"{version}.json", lambda f: f.write(info.model_dump_json().encode()))
+    return version
