@@ -20,8 +20,8 @@ TINY = ["--pool", "64", "--heldout", "16", "--filters", "4,4,3,3,3", "--batch-si
         "0.05", "--prune-minutes", "0.02", "--finetune-minutes", "0.02", "--threads", "1"]
 
 
-def _bench() -> ModuleType:
-    spec = importlib.util.spec_from_file_location("distill_bench", REPO / "bench" / "distill_bench.py")
+def _bench(name: str = "distill_bench") -> ModuleType:
+    spec = importlib.util.spec_from_file_location(name, REPO / "bench" / f"{name}.py")
     assert spec is not None and spec.loader is not None
     module = importlib.util.module_from_spec(spec)
     sys.modules[spec.name] = module
@@ -71,6 +71,9 @@ def test_bench_with_a_saved_ensemble(v4_dir: Path, tmp_path: Path, capsys: pytes
     assert "deep ensemble ens.pt (2 members), session 190923, 2 neurons" in printed
     assert "speed (" not in printed
     _check_written(tmp_path / "e", 2)
+    _bench("compact_check").main(["--data", str(v4_dir), "--ensemble", str(saved), "--models", str(tmp_path / "e"),
+                                  "--images", "32", "--threads", "1"])
+    assert "2 students vs the ensemble on 32 pool images made from 190923: median r" in capsys.readouterr().out
     with pytest.raises(SystemExit, match="needs --ensemble"):
         bench.main(["--data", str(v4_dir), "--teacher", "ensemble", *TINY])
     with pytest.raises(SystemExit, match="no session 190925"):
