@@ -34,19 +34,20 @@ def two_blocks(n_images: int = 6, repeats: int = 2):
         yield WaitForCounts(block_id=b, timeout_s=10)
 
 
-async def run_session(path: Path, plan, *, lib: ImageLibrary | None = None, model=None, engine_hook=None):
+async def run_session(path: Path, plan, *, lib: ImageLibrary | None = None, model=None, engine_hook=None,
+                      models=None, pixels: dict[str, np.ndarray] | None = None):
+    """``models``: the engine's model link; ``pixels``: its image store (pass the dict ``models`` reads)."""
     lib = lib or library()
     model = model or GaborEnergyRates(8, seed=1)
-    pixels: dict[str, np.ndarray] = {}
+    pixels = pixels if pixels is not None else {}
     async with StimServer(FakePresenter(refresh_hz=120.0)) as srv:
         store = SessionWriter.create(path) if not path.exists() else SessionWriter.resume(path)
         rig = LoopbackRig(srv.events_endpoint, model, lambda i: pixels[i], seed=2, delay=0.2)
         try:
             async with StimLink(srv.rpc_endpoint, srv.events_endpoint) as stim:
                 engine = Engine(EngineConfig(session_id=path.stem, seed=5), store=store, stim=stim, source=rig,
-                                binner=Binner(BinningConfig(window=(0.05, 0.15))), images=lib)
-                engine.pixels = pixels
-                engine.on_images(rig.prepare)
+                                binner=Binner(BinningConfig(window=(0.05, 0.15))), images=lib, models=models,
+                                pixels=pixels, image_listeners=[rig.prepare])
                 if engine_hook is not None:
                     engine_hook(engine)
                 await rig.open()
@@ -209,3 +210,42 @@ async def test_modelserver_down_runs_the_fallback_labelled_as_such(tmp_path: Pat
     assert conds.count("maximize_synth/fallback") == 6 and conds.count("normal") == 4  # 2 per neuron x 3
     assert block.fallback and any(isinstance(d, EventDoc) and d.what == "fallback" for d in docs)
     assert sum(isinstance(d, PickDoc) and d.generator == "fallback:pool_random" for d in docs) == 6
+
+
+async def test_retrain_progress_reaches_status_listeners_and_pixels_are_shared(tmp_path: Path) -> None:
+    """The model link's training progress goes to status listeners under "model"; the image store
+    the engine is given is the one it fills (a model link made before it reads images from it)."""
+    from controller.engine import NoModelServer
+    from protocols.steps import Retrain, RetrainResult
+    from wire.documents import ModelVersionDoc
+
+    class Models(NoModelServer):
+        async def retrain(self, step: Retrain, progress=None) -> RetrainResult:
+            assert progress is not None
+            for epoch in (1, 2):
+                progress({"task": "retrain", "epoch": epoch, "fraction": epoch / 2})
+            return RetrainResult(scope=step.scope, model_version="v0001", heldout_score=0.5)
+
+    def plan():
+        yield PresentBlock(block_id="b0", images=[ImageSet(source="normal", n_images=3)], on_frames=3, off_frames=3)
+        yield WaitForCounts(block_id="b0", timeout_s=10)
+        yield Retrain(scope="block")
+
+    statuses: list[tuple[str, dict]] = []
+    pixels: dict[str, np.ndarray] = {}
+    engines: list[Engine] = []
+
+    def hook(engine: Engine) -> None:
+        engines.append(engine)
+        engine.on_status(lambda t, p: statuses.append((t, p)))
+
+    path = tmp_path / "m.h5"
+    stop = await run_session(path, plan(), models=Models(), pixels=pixels, engine_hook=hook)
+    assert stop.exit_status == "success", stop.reason
+    assert engines[0].pixels is pixels and len(pixels) == 3
+    model = [p for t, p in statuses if t == "model"]
+    assert [p["epoch"] for p in model] == [1, 2]
+    assert all(p["session_id"] == "m" and p["task"] == "retrain" for p in model)
+    with SessionReader(path) as r:
+        versions = [d for d in r.documents() if isinstance(d, ModelVersionDoc)]
+    assert [v.version for v in versions] == ["v0001"] and versions[0].metrics == {"val_r": 0.5}

@@ -47,8 +47,7 @@ async def test_stimserver_killed_mid_block_pauses_then_resumes(tmp_path: Path) -
 
     async with StimLink(rpc, events) as stim:
         engine = Engine(EngineConfig(session_id="f", stim_ping_interval=0.3, stim_dead_after=2), store=store,
-                        stim=stim, source=rig, binner=Binner(), images=lib)
-        engine.pixels = pixels
+                        stim=stim, source=rig, binner=Binner(), images=lib, pixels=pixels)
 
         def on(topic: str, payload: dict) -> None:
             seen.append(topic if topic != "event" else payload["what"])
@@ -89,11 +88,11 @@ async def test_modelserver_gone_the_fallback_block_runs(tmp_path: Path) -> None:
             ImageSet(source="active", n_images=5, fallback="pool_random", timeout_s=5)], on_frames=3, off_frames=3)
         yield WaitForCounts(block_id="b0", timeout_s=10)
 
-    def hook(engine: Engine) -> None:
-        engine.models = ZmqModelLink(dead, dead, session_id="s", pixels=lambda i: engine.pixels[i],
-                                     base_images=lambda n, s: [], timeout=1.0)
+    pixels: dict[str, np.ndarray] = {}  # the engine's image store, read by the model link
+    models = ZmqModelLink(dead, dead, session_id="s", pixels=pixels.__getitem__, base_images=lambda n, s: [],
+                          timeout=1.0)
 
-    stop = await run_session(tmp_path / "ms.h5", plan(), engine_hook=hook)
+    stop = await run_session(tmp_path / "ms.h5", plan(), models=models, pixels=pixels)
     assert stop.exit_status == "success", stop.reason
     with SessionReader(tmp_path / "ms.h5") as r:
         docs = list(r.documents())

@@ -1,0 +1,287 @@
+"""The engine: executes a protocol's steps against the servers and records every document.
+
+A protocol (``protocols``) yields typed steps and receives their results; the engine does the
+I/O: it resolves a block's images (the controller's own image library, or the modelserver
+for model-made images, with the protocol's fallback when that is slow or down), loads them
+into the stimserver, presents the block, turns each trial event and the acquisition stream
+into spike counts (``controller.acquisition.binning``), and writes block, image, pick, trial,
+response, step and event documents to the session store as they happen.
+
+Faults: a stimserver that stops answering mid-block pauses the session (state ``paused``,
+an ``event`` document, a status to listeners) until it answers again; then the trials that
+have no counts yet are shown again. A silent acquisition source fails the step waiting for
+counts with a clear error, and nothing is recorded as zero. A controller killed mid-block is
+resumed by :meth:`Engine.resume_from`: recorded steps are answered from their ``step``
+documents, and the interrupted block continues at its first trial without counts.
+
+This module holds the :class:`Engine` itself (construction, listeners, the run and its step
+dispatch, operator commands, resume); its jobs are in ``blocks`` (presenting blocks),
+``counts`` (spike counts) and ``modelsteps`` (the modelserver's steps).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+from collections.abc import Sequence
+from typing import Any
+
+import numpy as np
+
+from controller import __version__
+from controller.acquisition.base import AcquisitionSource
+from controller.acquisition.binning import Binner
+from controller.engine.base import (
+    BlockRecord,
+    EngineConfig,
+    ImageListener,
+    Recording,
+    StatusListener,
+    TrialRecord,
+)
+from controller.engine.blocks import BlocksMixin
+from controller.engine.modelsteps import ModelLink, ModelStepsMixin, NoModelServer
+from controller.images import ImageLibrary
+from controller.links import StimLink
+from controller.state import BLOCK_TRANSITIONS, SESSION_TRANSITIONS, BlockState, SessionState, StateMachine
+from controller.store import SessionWriter
+from protocols.plan import adrive
+from protocols.steps import (
+    RESULT_TYPES,
+    Analyse,
+    GenerateImages,
+    Ingest,
+    MatchModels,
+    OperatorResult,
+    PauseForOperator,
+    Plan,
+    PresentBlock,
+    Result,
+    Retrain,
+    Step,
+    WaitForCounts,
+)
+from wire.documents import BlockDoc, ImageDoc, ResponseDoc, StartDoc, StepDoc, StopDoc, TrialDoc
+from wire.errors import Aborted, CortexloopError, ProtocolError
+
+log = logging.getLogger(__name__)
+
+
+class Engine(BlocksMixin, ModelStepsMixin):
+    """Runs one session. ``await Engine(...).run(plan, protocol=...)`` returns its stop document.
+
+    Every part comes in through the constructor: ``models`` (None: no modelserver, model steps
+    fall back), ``pixels`` (the session's image store by id; when given, that very dict is used,
+    so a part made before the engine, such as the model link, can read images from it),
+    ``recording`` (replay: blocks as recorded, recorded counts) and ``image_listeners`` (called
+    with each block's images before it is shown; :meth:`on_images` adds more).
+    """
+
+    def __init__(self, config: EngineConfig, *, store: SessionWriter, stim: StimLink, source: AcquisitionSource,
+                 binner: Binner, images: ImageLibrary, models: ModelLink | None = None,
+                 pixels: dict[str, np.ndarray] | None = None, recording: Recording | None = None,
+                 image_listeners: Sequence[ImageListener] = ()) -> None:
+        self.config = config
+        self.store = store
+        self.stim = stim
+        self.source = source
+        self.binner = binner
+        self.images = images
+        self.models = models if models is not None else NoModelServer()
+        self.recording = recording
+        self.pixels = pixels if pixels is not None else {}
+        self.session = StateMachine("session", SessionState.IDLE, SESSION_TRANSITIONS)
+        self.blocks = {}
+        self.trials = {}
+        self.generated = {}
+        self.requests = {}
+        self._segments = {}
+        self._recorded_steps = []
+        self._step_index = 0
+        self._counts_changed = asyncio.Event()
+        self._resumed = asyncio.Event()
+        self._resumed.set()
+        self._abort = False
+        self._abort_reason = ""
+        self._acq_error = None
+        self._listeners = []
+        self._image_listeners = list(image_listeners)
+        self._operator = None
+        self._deferred = []
+        self._deferred_reported = False
+        self.session.on_change(lambda old, new: self._status("session", {"from": old.value, "state": new.value}))
+
+    # -- listeners (the MQTT bus, the terminal) ---------------------------------------------------
+    def on_status(self, listener: StatusListener) -> None:
+        self._listeners.append(listener)
+
+    def on_images(self, listener: ImageListener) -> None:
+        """Called with the images of each block before it is shown (a virtual rig computes its rates)."""
+        self._image_listeners.append(listener)
+
+    # -- resume --------------------------------------------------------------------------------------
+    def resume_from(self, docs: list[Any]) -> None:
+        """Rebuild the engine's state from a session file's documents (before :meth:`run`)."""
+        for d in docs:
+            if isinstance(d, ImageDoc):
+                self.pixels[d.image_id] = d.pixels
+            elif isinstance(d, BlockDoc):
+                step = PresentBlock.model_validate(d.params["step"])
+                recs = [TrialRecord(tid, d.block_id, i, img, cond)
+                        for i, (tid, img, cond) in enumerate(d.params["trials"])]
+                for r in recs:
+                    self.trials[r.trial_id] = r
+                self.blocks[d.block_id] = BlockRecord(
+                    d.block_id, step, recs, {r.image_id: r.condition for r in recs}, list(d.params["fallbacks"]),
+                    StateMachine(f"block {d.block_id}", BlockState.PREPARING, BLOCK_TRANSITIONS))
+            elif isinstance(d, TrialDoc):
+                rec = self.trials.get(d.trial_id)
+                if rec is not None:
+                    rec.shown = True
+            elif isinstance(d, ResponseDoc):
+                rec = self.trials.get(d.trial_id)
+                if rec is not None:
+                    rec.counts = d
+            elif isinstance(d, StepDoc):
+                self._recorded_steps.append(d)
+        # a trial shown whose counts were never recorded is shown again, as a new trial
+        for rec in [r for r in self.trials.values() if r.shown and r.counts is None]:
+            del self.trials[rec.trial_id]
+            rec.trial_id = f"{rec.trial_id}.again"
+            rec.shown = False
+            self.trials[rec.trial_id] = rec
+        done = sum(r.counts is not None for r in self.trials.values())
+        log.info("resuming %s: %d steps recorded, %d trials with counts", self.config.session_id,
+                 len(self._recorded_steps), done)
+
+    # -- operator commands ---------------------------------------------------------------------------
+    async def pause(self, reason: str = "operator") -> None:
+        if self.session.state is not SessionState.RUNNING:
+            return
+        self.session.to(SessionState.PAUSED)
+        self._resumed.clear()
+        self._event("paused", reason)
+        with contextlib.suppress(CortexloopError):
+            await self.stim.pause()
+
+    async def resume(self, reason: str = "operator") -> None:
+        if self._operator is not None and not self._operator.done():
+            self._operator.set_result(OperatorResult(action="resume", reason=reason))
+            return
+        if self.session.state is not SessionState.PAUSED:
+            return
+        self.session.to(SessionState.RUNNING)
+        self._event("resumed", reason)
+        with contextlib.suppress(CortexloopError):
+            await self.stim.resume()
+        self._resumed.set()
+
+    async def abort(self, reason: str = "operator") -> None:
+        if self.session.final or self._abort:
+            return
+        self._abort = True
+        self._abort_reason = reason
+        if self._operator is not None and not self._operator.done():
+            self._operator.set_result(OperatorResult(action="abort", reason=reason))
+        if self.session.can(SessionState.ABORTING):
+            self.session.to(SessionState.ABORTING)
+        self._event("abort", reason)
+        self._resumed.set()
+        self._counts_changed.set()
+        await self.stim.abort()
+
+    async def _wait_for_operator(self, step: PauseForOperator) -> OperatorResult:
+        self._operator = asyncio.get_running_loop().create_future()
+        self._status("operator", {"message": step.message})
+        try:
+            async with asyncio.timeout(step.timeout_s):
+                result = await self._operator
+        except TimeoutError:
+            result = OperatorResult(action=step.on_timeout, reason=f"no answer within {step.timeout_s:g} s")
+        finally:
+            self._operator = None
+        if result.action == "abort":
+            self._abort = True
+            self._abort_reason = result.reason or "operator"
+        return result
+
+    # -- the run -----------------------------------------------------------------------------------
+    async def run(self, plan: Plan, *, protocol: dict[str, Any] | None = None,
+                  configuration: dict[str, Any] | None = None) -> StopDoc:
+        resumed = bool(self._recorded_steps or self.blocks)
+        if not resumed:
+            self.store.write(StartDoc(session_id=self.config.session_id, protocol=protocol or {},
+                                      config=configuration or {}, code_version=__version__,
+                                      rig=self.config.rig, subject=self.config.subject))
+        else:
+            self._event("resumed_session", "controller restarted; resuming from the session file")
+        self.session.to(SessionState.RUNNING)
+        await self.source.open()
+        pumps = [asyncio.create_task(self._pump_trials(), name="trial-events"),
+                 asyncio.create_task(self._pump_acquisition(), name="acquisition")]
+        status, reason = "success", ""
+        try:
+            await adrive(plan, self._execute)
+            self._check_abort()
+        except Aborted as exc:
+            status, reason = "abort", str(exc)
+        except CortexloopError as exc:
+            status, reason = "fail", f"{type(exc).__name__}: {exc}"
+            log.error("session %s failed: %s", self.config.session_id, reason)
+        finally:
+            tasks: list[asyncio.Task[Any]] = [*pumps, *self.generated.values()]
+            for t in tasks:
+                t.cancel()
+            for t in tasks:
+                with contextlib.suppress(asyncio.CancelledError, Exception):
+                    await t
+            await self.source.close()
+        if self._deferred:
+            self._event("ingest_unsent", f"the modelserver never took the counts of {', '.join(self._deferred)} "
+                        "(they are in this file: a replay or the next session can train on them)",
+                        blocks=list(self._deferred))
+        n = sum(r.counts is not None for r in self.trials.values())
+        stop = StopDoc(exit_status=status, reason=reason, n_trials=n)  # type: ignore[arg-type]
+        self.store.write(stop)
+        if self.session.state is SessionState.PAUSED:
+            self.session.to(SessionState.ABORTING)
+        self.session.to(SessionState.FAILED if status == "fail" else SessionState.DONE)
+        return stop
+
+    async def _execute(self, step: Step) -> Result:
+        self._check_abort()
+        await self._resumed.wait()
+        self._check_abort()
+        index = self._step_index
+        self._step_index += 1
+        as_data = step.model_dump(mode="json")
+        if index < len(self._recorded_steps):
+            rec = self._recorded_steps[index]
+            if rec.step != as_data:
+                raise ProtocolError(f"step {index} differs from the recorded session ({rec.step.get('kind')} "
+                                    f"recorded, {step.kind} now): resume needs the same protocol and seed")
+            return RESULT_TYPES[type(step)].model_validate(rec.result)
+        self._status("step", {"index": index, "kind": step.kind, "note": step.note})
+        result = await self._dispatch(step)
+        self.store.write(StepDoc(index=index, step=as_data, result=result.model_dump(mode="json")))
+        return result
+
+    async def _dispatch(self, step: Step) -> Result:
+        if isinstance(step, PresentBlock):
+            return await self._present(step)
+        if isinstance(step, WaitForCounts):
+            return await self._wait_for_counts(step)
+        if isinstance(step, Ingest):
+            return await self._ingest(step)
+        if isinstance(step, Retrain):
+            return await self._retrain(step)
+        if isinstance(step, GenerateImages):
+            return await self._generate(step)
+        if isinstance(step, MatchModels):
+            return await self._match(step)
+        if isinstance(step, Analyse):
+            return self._analyse(step)
+        if isinstance(step, PauseForOperator):
+            return await self._wait_for_operator(step)
+        raise ProtocolError(f"the engine has no handler for step {step.kind!r}")
