@@ -9,9 +9,36 @@ Streams are resolved by name and/or type with a timeout; an unknown stream is an
 :class:`~wire.errors.AcquisitionError` naming the streams that *are* visible. Every
 timestamp is moved into the local clock with the inlet's ``time_correction()`` (refreshed
 every ``correction_interval`` s), so times are on this machine's ``pylsl.local_clock()``
-(= ``wire.clock.now()``). A reader thread pulls numpy chunks and hands them to the event
-loop; while the streams are idle it emits :class:`Heartbeat` ``local_clock() - max_delay``
-(the rig is assumed to deliver every event within ``max_delay`` s).
+(= ``wire.clock.now()``). A reader thread pulls numpy chunks and hands them to the event loop.
+
+Watermark rule (what lets the :class:`~controller.acquisition.binning.Binner` close a trial):
+**only received spike data proves time.**
+
+* The spike stream's samples come in time order over one connection, so the newest received
+  spike time ``t`` proves that the spikes before ``t`` have arrived (a rig that pushes slightly
+  out of order is what the binner's ``lateness`` is for). Every :class:`SpikeBatch` carries that
+  proof itself, so this source sends no :class:`Heartbeat` at all: a heartbeat at the newest
+  spike time would add nothing, and one made up from the local clock (the old
+  ``local_clock() - max_delay``) asserts that a rig delivered data it may never have sent.
+* Marker (sync) samples never advance the watermark, even when the rig pushes them from the
+  same process in time order: they travel on their own connection, so a marker at ``t`` does
+  not prove that the spikes pushed before it have arrived, and a sync line that keeps running
+  next to a dead spike sorter would close trials with zero counts.
+* So when the rig stops sending (a dead or silent outlet, a crashed sorter) the watermark
+  freezes: open trials stay open and uncounted, and after ``silence_timeout`` s the source
+  raises :class:`~controller.acquisition.base.SourceSilent` (the pipeline then flushes them as
+  ``complete=False``, which the engine records as nothing). Markers alone do not keep the
+  source alive: with a marker stream, ``silence_timeout`` s without a spike is also
+  ``SourceSilent``, naming the spike stream.
+
+Cost: a trial closes at the first spike received with ``t >= onset + window end + lateness``,
+i.e. the rig's streaming delay plus on average ``1 / (total spike rate)`` after that. A real rig
+with tens of units always has spikes: the virtual rig (``delay`` 0.3 s, lateness 0.05 s) closes
+trials a median 0.37-0.43 s after window end with 6-32 units at 2-5 spikes/s each, as it did
+with local-clock heartbeats. A quiet population can stall closing by about its whole inter-spike
+gap (one unit at 1 spike/s: median 0.5 s, worst 2.2 s), and one that does not fire for
+``silence_timeout`` s cannot be told from a dead rig.
+``max_delay`` is accepted for compatibility and no longer used.
 """
 
 from __future__ import annotations
@@ -25,7 +52,7 @@ from typing import Any
 import numpy as np
 import pylsl
 
-from controller.acquisition.base import AcquisitionSource, Heartbeat, Item, SpikeBatch, SyncEvent
+from controller.acquisition.base import AcquisitionSource, Item, SourceSilent, SpikeBatch, SyncEvent
 from wire.acq import LSL_MARKER_NAME, LSL_MARKER_TYPE, LSL_SPIKE_NAME, LSL_SPIKE_TYPE
 from wire.errors import AcquisitionError
 
@@ -111,7 +138,7 @@ class LslSource(AcquisitionSource):
         super().__init__(silence_timeout=silence_timeout)
         self._spec = (spike_name, spike_type, marker_name, marker_type)
         self.resolve_timeout = resolve_timeout
-        self.max_delay = max_delay
+        self.max_delay = max_delay  # unused: no heartbeat is made up from the local clock (module docstring)
         self.correction_interval = correction_interval
         self.poll = poll
         self._spikes: _Inlet | None = None
@@ -153,22 +180,28 @@ class LslSource(AcquisitionSource):
         assert self._spikes is not None
         put = self._queue.put_nowait
         next_correction = pylsl.local_clock() + self.correction_interval
+        # with a marker stream, markers alone must not keep the source alive (the base class's
+        # watchdog counts them as data): the spike stream has its own silence check
+        spike_silence = self.silence_timeout if self._markers is not None else None
+        last_spike = pylsl.local_clock()
         try:
             while not self._stop.is_set():
-                got = False
                 if self._markers is not None:
                     labels, mts = self._markers.pull(0.0)
                     for label, t in zip(labels, mts.tolist(), strict=True):
                         loop.call_soon_threadsafe(put, parse_marker(str(label), t))
-                        got = True
                 units, ts = self._spikes.pull(self.poll)
-                if ts.size:
+                now = pylsl.local_clock()
+                if ts.size:  # the batch's own times are the only watermark (no heartbeats: module docstring)
                     u = units.astype(np.int64) if isinstance(units, np.ndarray) else np.asarray(units, dtype=object)
                     loop.call_soon_threadsafe(put, SpikeBatch(u, ts))
-                    got = True
-                if not got:
-                    loop.call_soon_threadsafe(put, Heartbeat(pylsl.local_clock() - self.max_delay))
-                if pylsl.local_clock() >= next_correction:
+                    last_spike = now
+                elif spike_silence is not None and now - last_spike > spike_silence:
+                    loop.call_soon_threadsafe(put, SourceSilent(
+                        f"{self.name}: no spikes on LSL stream {self._spikes.info.name()!r} for {spike_silence:g} s "
+                        "(markers alone do not count; is the spike sorter/acquisition running?)"))
+                    return
+                if now >= next_correction:
                     for inlet in (self._spikes, self._markers):
                         if inlet is not None:
                             inlet.refresh_correction()
