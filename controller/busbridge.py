@@ -7,11 +7,14 @@ import contextlib
 import logging
 from typing import Any
 
+from pydantic import ValidationError
+
 from controller.bus.base import Bus
 from controller.engine import Engine
 from wire.topics import (
     AbortCommand,
     BlockStatus,
+    ModelProgress,
     PauseCommand,
     ResumeCommand,
     SessionEvent,
@@ -20,6 +23,10 @@ from wire.topics import (
 )
 
 log = logging.getLogger(__name__)
+
+#: events an operator should see as warnings (a part is down, the session goes on without it)
+_WARNINGS = frozenset({"stim_unreachable", "acquisition_failed", "fallback", "generate_failed", "ingest_deferred",
+                       "retrain_skipped", "match_failed", "ingest_unsent", "model_unreachable"})
 
 _BLOCK_STATES = {"preparing": "queued", "presenting": "running", "paused": "running", "counting": "running",
                  "done": "completed", "aborted": "aborted", "failed": "failed"}
@@ -59,8 +66,18 @@ class BusBridge:
             rec = self.engine.blocks[payload["block_id"]].trials[payload["index"]]
             msg = TrialStatus(block_id=payload["block_id"], index=payload["index"], image_id=rec.image_id,
                               condition=rec.condition)
+        elif topic == "model":
+            try:
+                msg = ModelProgress(task=payload.get("task", "model"), scope=payload.get("scope"),
+                                    fraction=payload.get("fraction", 0.0), epoch=payload.get("epoch"),
+                                    max_epochs=payload.get("max_epochs"), val_r=payload.get("val_r"),
+                                    loss=payload.get("loss"), model_version=payload.get("model_version"),
+                                    session_id=payload.get("session_id"), message=payload.get("message", ""))
+            except ValidationError as exc:  # a status listener must not fail the step that reports
+                log.warning("model progress not published: %s", exc)
+                return
         elif topic in ("event", "operator"):
-            level = "warning" if payload.get("what") in ("stim_unreachable", "acquisition_failed", "fallback") else "info"
+            level = "warning" if payload.get("what") in _WARNINGS else "info"
             msg = SessionEvent(level=level, event=payload.get("what", topic),  # type: ignore[arg-type]
                                message=payload.get("message", ""))
         else:

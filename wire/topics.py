@@ -8,7 +8,7 @@ session and may pause, resume or abort it. All topics of one rig live under
     cortexloop/<rig>/session/block     BlockStatus    (a block started, progressed, finished)
     cortexloop/<rig>/session/trial     TrialStatus    (one per shown trial)
     cortexloop/<rig>/session/event     SessionEvent   (notes: command accepted/rejected, errors)
-    cortexloop/<rig>/model/progress    ModelProgress  (retraining, synthesis, ... progress)
+    cortexloop/<rig>/model/progress    ModelProgress  (retained: the latest retraining, synthesis, ... progress)
     cortexloop/<rig>/cmd/pause         PauseCommand   (operator -> controller)
     cortexloop/<rig>/cmd/resume        ResumeCommand  (operator -> controller)
     cortexloop/<rig>/cmd/abort         AbortCommand   (operator -> controller)
@@ -94,12 +94,19 @@ class SessionEvent(BusMessage):
 
 
 class ModelProgress(BusMessage):
+    """Progress of the modelserver job a session waits on (e.g. one per training epoch, then one
+    with the new ``model_version``); published retained, so a late subscriber sees the latest."""
+
     kind: Literal["bus.model_progress"] = "bus.model_progress"
     task: str = Field(description="what the modelserver is doing: retrain, generate, match, ...")
-    fraction: float = Field(ge=0.0, le=1.0, description="0..1")
-    epoch: int | None = Field(default=None, ge=0)
-    loss: float | None = None
-    model_version: str | None = None
+    scope: Literal["block", "session"] | None = Field(default=None, description="retrain scope, if retraining")
+    fraction: float = Field(ge=0.0, le=1.0, description="0..1 (1 once the job is done)")
+    epoch: int | None = Field(default=None, ge=0, description="epochs finished so far")
+    max_epochs: int | None = Field(default=None, ge=1, description="epochs at most (None: the modelserver's default)")
+    val_r: float | None = Field(default=None, description="validation r of the latest epoch (done: the new version's)")
+    loss: float | None = Field(default=None, description="training loss of the latest epoch")
+    model_version: str | None = Field(default=None, description="the new model version; None until the job is done")
+    session_id: str | None = Field(default=None, description="uid of the session waiting on the job")
     message: str = ""
 
 
@@ -180,8 +187,9 @@ class Topics:
         raise DecodeError(f"no topic for {type(msg).__name__}")
 
     def retained(self, msg: BusMessage) -> bool:
-        """Whether a payload is published with the retain flag (only the status is)."""
-        return isinstance(msg, SessionStatus)
+        """Whether a payload is published with the retain flag: the status and the model progress,
+        whose latest message is the current state (a block, trial or event is one occurrence)."""
+        return isinstance(msg, SessionStatus | ModelProgress)
 
 
 _STATUS_CLASSES: dict[str, type[BusMessage]] = {
