@@ -1,7 +1,9 @@
-"""``python -m virtualrig --stim-events tcp://127.0.0.1:5601 [--compact-models DIR] ...``
+"""``python -m virtualrig --stim-events tcp://127.0.0.1:5601 [--v4-dir DIR [--ground-truth SESSION]] ...``
 
 Runs the virtual rig as its own process. Prints one line ``virtualrig rpc=<endpoint>`` on
-stdout when it is serving (so a parent can connect), then serves until SIGINT/SIGTERM.
+stdout when it is serving (after its LSL streams exist, so a parent can connect), then serves
+until SIGINT/SIGTERM, or until the ``--parent-pid`` process ends. A configuration error (an
+unknown session, neurons out of range) is one line on stderr and exit status 1.
 """
 
 from __future__ import annotations
@@ -9,14 +11,82 @@ from __future__ import annotations
 import argparse
 import asyncio
 import logging
+import os
 import signal
+import sys
+from dataclasses import dataclass
 from pathlib import Path
 
 from controller.acquisition.clock import ClockMap
-from virtualrig.rates import load_image_zip, make_rate_model
+from virtualrig.rates import RateModel, compact_model_sessions, evenly_spaced, load_image_zip, make_rate_model
 from virtualrig.rig import VirtualRig
 from virtualrig.spikes import ResponseParams
+from virtualrig.watchdog import watch_process
 from wire.acq import LSL_MARKER_NAME, LSL_SPIKE_NAME
+from wire.errors import CortexloopError, InvalidRequest, ModelError
+
+log = logging.getLogger("virtualrig")
+
+
+def neuron_spec(text: str) -> list[int]:
+    """``--neurons``: ``N`` (the first N neurons), or indices and ranges ``0,3,5-8`` (``5,`` is neuron 5 alone)."""
+    text = text.strip()
+    try:
+        if text.isdigit():
+            n = int(text)
+            if n < 1:
+                raise ValueError
+            return list(range(n))
+        out: list[int] = []
+        for part in filter(None, (t.strip() for t in text.split(","))):
+            lo, sep, hi = part.partition("-")
+            out += list(range(int(lo), int(hi) + 1)) if sep else [int(lo)]
+    except ValueError:
+        out = []
+    if not out or min(out) < 0 or len(set(out)) != len(out):
+        raise argparse.ArgumentTypeError(f"{text!r}: give a count N >= 1 or distinct indices like 0,3,5-8")
+    return out
+
+
+@dataclass(frozen=True)
+class GroundTruth:
+    """What the rig's neurons are: compact models of one session (``folder``), or synthetic units."""
+
+    folder: Path | None
+    session: str | None
+    neurons: list[int] | None
+    reference: Path | None
+
+
+def ground_truth(args: argparse.Namespace) -> GroundTruth:
+    """Resolve the ground-truth options (files are listed, nothing is loaded); ModelError when they don't fit."""
+    folder: Path | None = args.compact_models
+    if folder is None and args.v4_dir is not None:
+        folder = args.v4_dir / "compact_models"
+    if folder is None:
+        if args.ground_truth is not None or args.neurons is not None:
+            raise InvalidRequest("--ground-truth and --neurons choose compact models: give --v4-dir or "
+                                 "--compact-models (--n-units sizes the synthetic population)")
+        return GroundTruth(None, None, None, args.reference)
+    sessions = compact_model_sessions(folder)
+    if not sessions:
+        raise ModelError(f"no compact models (compact_model_<session>_neuron<k>.pt) in {folder}")
+    session = args.ground_truth if args.ground_truth is not None else sessions[0]
+    if session not in sessions:
+        raise ModelError(f"no compact models of session {session!r} in {folder}; sessions there: "
+                         f"{', '.join(sessions)}")
+    n = len(list(folder.glob(f"compact_model_{session}_neuron*.pt")))
+    if args.neurons is not None and max(args.neurons) >= n:
+        raise InvalidRequest(f"session {session} has {n} neurons (0..{n - 1}); --neurons asks for "
+                             f"{[k for k in args.neurons if k >= n]}")
+    reference = args.reference
+    if reference is None and args.v4_dir is not None:  # calibrate on the session's own images
+        session_zip = args.v4_dir / "images" / f"images_{session}.zip"
+        if session_zip.exists():
+            reference = session_zip
+        else:
+            log.warning("no %s: rates calibrated on seeded noise images", session_zip)
+    return GroundTruth(folder, session, args.neurons, reference)
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
@@ -24,8 +94,13 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--stim-events", required=True, help="the stimserver's event endpoint (TrialEvents)")
     p.add_argument("--rpc", default="tcp://127.0.0.1:0", help="endpoint of the rig's RPC (rig.load_images)")
     p.add_argument("--compact-models", type=Path, help="folder of V4 compact models (the real neurons)")
-    p.add_argument("--v4-dir", type=Path, help="V4 data folder: compact_models/ and images/images_190923.zip")
-    p.add_argument("--reference", type=Path, help="zip of calibration images (default: the V4 session's, or noise)")
+    p.add_argument("--v4-dir", type=Path, help="V4 data folder: compact_models/ and images/images_<session>.zip")
+    p.add_argument("--ground-truth", metavar="SESSION",
+                   help="whose compact models are the neurons (default: the folder's first session, sorted)")
+    p.add_argument("--neurons", type=neuron_spec, metavar="SPEC",
+                   help="the session's neurons to use: N (the first N) or indices 0,3,5-8 (default: all)")
+    p.add_argument("--reference", type=Path,
+                   help="zip of calibration images (default: the session's images with --v4-dir, else noise)")
     p.add_argument("--reference-count", type=int, default=120, help="calibration images taken from the reference")
     p.add_argument("--n-units", type=int, default=32, help="synthetic population size (without compact models)")
     p.add_argument("--seed", type=int, default=0)
@@ -40,44 +115,66 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--clock-drift", type=float, default=0.0, help="simulated rig clock drift (e.g. 2e-5)")
     p.add_argument("--spike-stream", default=LSL_SPIKE_NAME)
     p.add_argument("--sync-stream", default=LSL_MARKER_NAME)
+    p.add_argument("--parent-pid", type=int, metavar="PID",
+                   help="exit when this process ends (checked every second; e.g. the controller's PID)")
     p.add_argument("-v", "--verbose", action="store_true")
     return p.parse_args(argv)
 
 
-async def amain(args: argparse.Namespace) -> None:
-    folder = args.compact_models
-    reference = args.reference
-    if args.v4_dir is not None:
-        folder = folder or args.v4_dir / "compact_models"
-        session_zip = args.v4_dir / "images" / "images_190923.zip"
-        if reference is None and session_zip.exists():
-            reference = session_zip
+def build_model(args: argparse.Namespace, truth: GroundTruth) -> RateModel:
     ref_images = None
-    if reference is not None:  # an evenly spaced subset: calibrating 33 models on 1,200 images takes minutes on CPU
-        ref_images = await asyncio.to_thread(load_image_zip, reference)
-        step = max(1, ref_images.shape[0] // max(2, args.reference_count))
-        ref_images = ref_images[::step]
-    model = await asyncio.to_thread(make_rate_model, compact_models=folder, reference=ref_images,
-                                    n_units=args.n_units, seed=args.seed, lo=args.min_rate, hi=args.max_rate,
-                                    device=args.device)
-    params = ResponseParams(latency=args.latency, baseline=args.baseline, fano=args.fano)
-    rig = VirtualRig(model, stim_events=args.stim_events, rpc=args.rpc, params=params, delay=args.delay,
-                     clock=ClockMap(offset=args.clock_offset, scale=1 + args.clock_drift), seed=args.seed,
-                     spike_name=args.spike_stream, sync_name=args.sync_stream)
+    if truth.reference is not None:  # an evenly spaced subset: 33 models on 1,200 images take minutes on CPU
+        ref_images = evenly_spaced(load_image_zip(truth.reference), args.reference_count)
+    return make_rate_model(compact_models=truth.folder, session=truth.session, neurons=truth.neurons,
+                           reference=ref_images, n_units=args.n_units, seed=args.seed, lo=args.min_rate,
+                           hi=args.max_rate, device=args.device)
+
+
+async def amain(args: argparse.Namespace, truth: GroundTruth) -> None:
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGINT, signal.SIGTERM):
         loop.add_signal_handler(sig, stop.set)
-    async with rig:
-        print(f"virtualrig rpc={rig.endpoint}", flush=True)
-        await stop.wait()
+    watchdog = (asyncio.create_task(watch_process(args.parent_pid, stop.set), name="parent-watch")
+                if args.parent_pid is not None else None)
+    building = asyncio.create_task(asyncio.to_thread(build_model, args, truth))
+    stopping = asyncio.create_task(stop.wait())
+    await asyncio.wait([building, stopping], return_when=asyncio.FIRST_COMPLETED)
+    if not building.done():  # the model thread cannot be interrupted, and nothing is open yet: leave now
+        log.info("stopped while loading the models")
+        logging.shutdown()
+        os._exit(0)
+    stopping.cancel()
+    model = building.result()
+    log.info("ground truth: %s", getattr(model, "description", f"{model.n_units} units"))
+    params = ResponseParams(latency=args.latency, baseline=args.baseline, fano=args.fano)
+    rig = VirtualRig(model, stim_events=args.stim_events, rpc=args.rpc, params=params, delay=args.delay,
+                     clock=ClockMap(offset=args.clock_offset, scale=1 + args.clock_drift), seed=args.seed,
+                     spike_name=args.spike_stream, sync_name=args.sync_stream)
+    try:
+        async with rig:
+            # exactly this line (parents parse "rpc=" to the end); stream names are in rig.status
+            print(f"virtualrig rpc={rig.endpoint}", flush=True)
+            await stop.wait()
+    finally:
+        if watchdog is not None:
+            watchdog.cancel()
 
 
 def main(argv: list[str] | None = None) -> None:
     args = parse_args(argv)
     logging.basicConfig(level=logging.DEBUG if args.verbose else logging.INFO,
                         format="%(asctime)s %(name)s %(levelname)s %(message)s")
-    asyncio.run(amain(args))
+    try:
+        truth = ground_truth(args)
+        asyncio.run(amain(args, truth))
+    except (CortexloopError, FileNotFoundError) as exc:  # a configuration error: one line, no traceback
+        print(f"virtualrig: error: {' '.join(str(exc).split())}", file=sys.stderr, flush=True)
+        raise SystemExit(1) from None
+    except ModuleNotFoundError as exc:
+        print(f"virtualrig: error: {exc} (the compact models need torch: pip install 'cortexloop[model]')",
+              file=sys.stderr, flush=True)
+        raise SystemExit(1) from None
 
 
 if __name__ == "__main__":

@@ -1,8 +1,8 @@
 """Rate models: images -> firing rates (spikes/s) of a virtual population, usable in-process.
 
 * :class:`CompactModelRates`: the real V4 compact models of Cowley et al. (2023) (one per
-  recorded neuron; ``modelserver.compact``), the virtual rig's ground truth when the
-  ``compact_models`` folder is given (needs torch).
+  recorded neuron; ``modelserver.compact``) of one recording session, the virtual rig's
+  ground truth when the ``compact_models`` folder is given (needs torch).
 * :class:`GaborEnergyRates`: a synthetic population of Gabor-energy units (numpy only), so
   the rig runs anywhere.
 
@@ -14,6 +14,7 @@ spikes/s and the ``q_hi`` percentile to ``hi`` (default 2 and 60), rates floored
 from __future__ import annotations
 
 import io
+import re
 import zipfile
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -24,8 +25,11 @@ import numpy as np
 
 from wire.errors import InvalidRequest, ModelError
 
-__all__ = ["CompactModelRates", "GaborEnergyRates", "RateModel", "RateScale", "load_image_zip",
-           "make_rate_model", "reference_images"]
+__all__ = ["CompactModelRates", "GaborEnergyRates", "RateModel", "RateScale", "compact_model_sessions",
+           "evenly_spaced", "load_image_zip", "make_rate_model", "reference_images"]
+
+#: A published compact model's file name (as ``modelserver.compact`` reads them).
+_MODEL_FILE = re.compile(r"compact_model_(?P<session>\w+?)_neuron(?P<neuron>\d+)\.pt$")
 
 
 @runtime_checkable
@@ -77,6 +81,24 @@ def load_image_zip(path: str | Path) -> np.ndarray:
         return np.stack([np.asarray(Image.open(io.BytesIO(z.read(n))).convert("RGB")) for n in names])
 
 
+def evenly_spaced(images: np.ndarray, count: int) -> np.ndarray:
+    """About ``count`` evenly spaced images of ``images`` (every k-th, from the first): a calibration subset.
+
+    Calibrating 33 compact models on a session's 1,200 images takes minutes on a CPU; 120 of
+    them give the same percentiles within a few percent. Deterministic for given arguments.
+    """
+    step = max(1, images.shape[0] // max(2, count))
+    return images[::step]
+
+
+def compact_model_sessions(folder: str | Path) -> list[str]:
+    """The recording sessions that have compact models in ``folder``, sorted (no torch needed)."""
+    folder = Path(folder)
+    if not folder.is_dir():
+        raise ModelError(f"no compact-model folder at {folder}")
+    return sorted({m["session"] for p in folder.iterdir() if (m := _MODEL_FILE.search(p.name))})
+
+
 def reference_images(n: int = 128, size: int = 112, seed: int = 0) -> np.ndarray:
     """Seeded 1/f ("pink") colour noise images: a reference set that needs no data files."""
     rng = np.random.default_rng(seed)
@@ -107,6 +129,10 @@ class GaborEnergyRates:
             "colour": rng.dirichlet(np.ones(3), n_units),
         }
         self._filters: dict[tuple[int, int], np.ndarray] = {}
+        self.seed = seed
+        self.session: str | None = None
+        self.unit_names = [f"gabor{i}" for i in range(n_units)]
+        self.description = f"{n_units} synthetic Gabor-energy units (seed {seed})"
         ref = reference if reference is not None else reference_images(seed=seed + 1)
         self.scale = RateScale.calibrate(self.raw(ref), lo, hi)
 
@@ -183,8 +209,11 @@ class _Fused:
 
 
 class CompactModelRates:
-    """The published V4 compact models in ``folder`` (one unit each), scaled to spike rates.
+    """The published V4 compact models of one ``session`` in ``folder`` (one unit each), scaled to spike rates.
 
+    ``session`` defaults to the first session of the folder in sorted order (190923 in the
+    shipped data); neurons of different sessions are different populations, never mixed.
+    ``neurons`` picks models by position in the session's neuron order (default: all).
     ``reference_raw`` keeps the models' outputs on the reference images (reuse them when the
     reference set is also the set to predict: one pass instead of two).
     """
@@ -196,15 +225,25 @@ class CompactModelRates:
 
         from modelserver.compact import find_compact_models, load_compact_model
 
+        sessions = compact_model_sessions(folder)
+        if not sessions:
+            raise ModelError(f"no compact models (compact_model_<session>_neuron<k>.pt) in {folder}")
+        if session is None:
+            session = sessions[0]
+        elif session not in sessions:
+            raise ModelError(f"no compact models of session {session!r} in {folder}; "
+                             f"sessions there: {', '.join(sessions)}")
         paths = find_compact_models(folder, session)
-        if not paths:
-            raise ModelError(f"no compact models in {folder}" + (f" for session {session}" if session else ""))
         if neurons is not None:  # a subset, by the neuron index of the file names' order
             bad = [k for k in neurons if not 0 <= k < len(paths)]
             if bad:
                 raise InvalidRequest(f"no compact models for neurons {bad} ({len(paths)} found)")
             paths = [paths[k] for k in neurons]
         self.paths = paths
+        self.session = session
+        self.neurons = [int(m["neuron"]) for p in paths if (m := _MODEL_FILE.search(p.name))]
+        self.unit_names = [f"{session}/neuron{k}" for k in self.neurons]
+        self.description = f"{len(paths)} real V4 compact models of session {session} (Cowley et al. 2023)"
         self._torch = torch
         self.device = torch.device(device)
         with torch.inference_mode():
@@ -242,12 +281,17 @@ class CompactModelRates:
 
 def make_rate_model(*, compact_models: str | Path | None = None, reference: np.ndarray | str | Path | None = None,
                     n_units: int = 32, seed: int = 0, lo: float = 2.0, hi: float = 60.0,
-                    device: Any = "cpu") -> RateModel:
+                    device: Any = "cpu", session: str | None = None,
+                    neurons: Sequence[int] | None = None) -> RateModel:
     """The real compact models when a folder is given, else a synthetic Gabor-energy population.
 
     ``reference``: the calibration images (an array, or a zip of images); default seeded noise.
+    ``session`` and ``neurons`` choose the compact models (see :class:`CompactModelRates`).
     """
     ref = load_image_zip(reference) if isinstance(reference, str | Path) else reference
     if compact_models is not None:
-        return CompactModelRates(compact_models, reference=ref, lo=lo, hi=hi, device=device)
+        return CompactModelRates(compact_models, session=session, neurons=neurons, reference=ref, lo=lo, hi=hi,
+                                 device=device)
+    if session is not None or neurons is not None:
+        raise InvalidRequest("session and neurons choose compact models: give the compact_models folder")
     return GaborEnergyRates(n_units, seed=seed, lo=lo, hi=hi, reference=ref)

@@ -9,8 +9,9 @@ Data flow::
 
 Images reach the rig by its own small RPC (``wire.acq.RigLoadImages``): the controller
 sends the pixels it loads into the stimserver, the rig computes each image's rates once and
-keys them by the content hash that TrialEvents carry. Nothing else is shared: rates and
-models (the ground truth) never leave the process.
+keys them by the content hash that TrialEvents carry. The models (the ground truth) never
+leave the process; for scoring, ``wire.acq.RigRates`` asks the rates of given images (read
+only: it loads nothing) and ``RigStatus`` describes the population.
 
 A TrialEvent is published at the trial's *offset*, after the driven response began, so the
 rig streams with a fixed ``delay``: it emits the spikes of ``[.., now - delay)`` every
@@ -37,8 +38,12 @@ from wire.acq import (
     LSL_MARKER_TYPE,
     LSL_SPIKE_NAME,
     LSL_SPIKE_TYPE,
+    RIG_MAX_IMAGES,
+    RIG_MAX_SIDE,
     RigImagesLoaded,
     RigLoadImages,
+    RigRates,
+    RigRatesReply,
     RigStatus,
     RigStatusReply,
 )
@@ -49,19 +54,43 @@ from wire.transport import EventSubscriber, RpcServer
 
 log = logging.getLogger(__name__)
 
-__all__ = ["VirtualRig"]
+__all__ = ["VirtualRig", "check_images"]
+
+
+def check_images(imgs: np.ndarray) -> np.ndarray:
+    """uint8 (N, H, W, 3) images of a rig request (one (H, W, 3) image becomes N = 1), bounded in size."""
+    if imgs.ndim == 3:
+        imgs = imgs[None]
+    if imgs.ndim != 4 or imgs.shape[-1] != 3 or imgs.dtype != np.uint8:
+        raise InvalidRequest(f"images must be uint8 (N, H, W, 3), got {imgs.dtype} {imgs.shape}")
+    if imgs.shape[0] > RIG_MAX_IMAGES:
+        raise InvalidRequest(f"{imgs.shape[0]} images in one request; at most {RIG_MAX_IMAGES} (send several)")
+    if max(imgs.shape[1:3]) > RIG_MAX_SIDE or min(imgs.shape[1:3]) < 1:
+        raise InvalidRequest(f"images of {imgs.shape[1]} x {imgs.shape[2]} pixels; sides must be 1..{RIG_MAX_SIDE}")
+    return imgs
 
 
 class VirtualRig:
-    """``async with VirtualRig(model, stim_events=...) as rig:`` serves until the context exits."""
+    """``async with VirtualRig(model, stim_events=...) as rig:`` serves until the context exits.
+
+    ``description`` (default: the model's own ``description``) is the ground truth in words for
+    ``RigStatus``; unit names and session likewise come from the model where it has them.
+    """
 
     def __init__(self, model: RateModel, *, stim_events: str, rpc: str = "tcp://127.0.0.1:0",
                  params: ResponseParams | None = None, delay: float = 0.3, tick: float = 0.01,
                  clock: ClockMap | None = None, seed: int | None = None, spike_name: str = LSL_SPIKE_NAME,
-                 sync_name: str = LSL_MARKER_NAME, sync_channel: str = "photodiode") -> None:
+                 sync_name: str = LSL_MARKER_NAME, sync_channel: str = "photodiode",
+                 description: str | None = None) -> None:
         if delay <= 0 or tick <= 0:
             raise InvalidRequest("delay and tick must be > 0")
         self.model = model
+        self.description = description or str(getattr(model, "description", f"{model.n_units} model units"))
+        self.session: str | None = getattr(model, "session", None)
+        names = getattr(model, "unit_names", None)
+        self.unit_names: list[str] = (list(names) if names is not None and len(names) == model.n_units
+                                      else [str(i) for i in range(model.n_units)])
+        self._model_lock = asyncio.Lock()  # one model call at a time (torch uses every core anyway)
         self.stim_events = stim_events
         self.params = params or ResponseParams()
         self.delay = delay
@@ -73,7 +102,8 @@ class VirtualRig:
         self._rates: dict[str, np.ndarray] = {}
         self._synth = SpikeSynth(model.n_units, self.params, seed=seed, start=pylsl.local_clock() - delay)
         self._markers: list[tuple[float, str]] = []
-        self._server = RpcServer(rpc, {RigLoadImages: self._load, RigStatus: self._status}, name="virtualrig")
+        self._server = RpcServer(rpc, {RigLoadImages: self._load, RigStatus: self._status, RigRates: self._oracle},
+                                 name="virtualrig")
         self._sub: EventSubscriber | None = None
         self._tasks: list[asyncio.Task[None]] = []
         self._spike_out: pylsl.StreamOutlet | None = None
@@ -87,16 +117,18 @@ class VirtualRig:
         return self._server.endpoint
 
     # --- RPC ---------------------------------------------------------------------------------
+    async def _model_rates(self, imgs: np.ndarray) -> np.ndarray:
+        if imgs.shape[0] == 0:
+            return np.empty((0, self.model.n_units))
+        async with self._model_lock:
+            return await asyncio.to_thread(self.model.rates, np.ascontiguousarray(imgs))
+
     async def _load(self, cmd: RigLoadImages) -> RigImagesLoaded:
-        imgs = cmd.images
-        if imgs.ndim == 3:
-            imgs = imgs[None]
-        if imgs.ndim != 4 or imgs.shape[-1] != 3 or imgs.dtype != np.uint8:
-            raise InvalidRequest(f"images must be uint8 (N, H, W, 3), got {imgs.dtype} {imgs.shape}")
+        imgs = check_images(cmd.images)
         ids = [image_id(im) for im in imgs]
         new = [i for i, k in enumerate(ids) if k not in self._rates]
         if new:
-            rates = await asyncio.to_thread(self.model.rates, np.ascontiguousarray(imgs[new]))
+            rates = await self._model_rates(imgs[new])
             for i, r in zip(new, rates, strict=True):
                 self._rates[ids[i]] = r
         log.info("rig: %d image(s) loaded (%d new), %d known", len(ids), len(new), len(self._rates))
@@ -105,7 +137,16 @@ class VirtualRig:
     async def _status(self, _cmd: RigStatus) -> RigStatusReply:
         return RigStatusReply(n_units=self.model.n_units, n_images=len(self._rates), trials_seen=self.trials_seen,
                               trials_unknown_image=self.trials_unknown_image, trials_too_late=self.trials_too_late,
-                              spike_stream=self.spike_name, sync_stream=self.sync_name)
+                              spike_stream=self.spike_name, sync_stream=self.sync_name,
+                              description=self.description, session=self.session, unit_names=self.unit_names)
+
+    async def _oracle(self, cmd: RigRates) -> RigRatesReply:
+        """The ground truth for scoring: the rates the rig uses (or would use) for these images. Read only."""
+        imgs = check_images(cmd.images)
+        rates = await self._model_rates(imgs)
+        log.info("rig: rates of %d image(s) asked (ground truth for scoring)", imgs.shape[0])
+        return RigRatesReply(rates=np.ascontiguousarray(rates, dtype=np.float32), unit_names=self.unit_names,
+                             image_ids=[image_id(im) for im in imgs])
 
     # --- trial events ---------------------------------------------------------------------------
     def on_trial(self, ev: TrialEvent) -> None:

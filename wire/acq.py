@@ -48,6 +48,13 @@ class TrialCounts(Message):
 
 
 # --- the virtual rig's RPC ----------------------------------------------------------------
+#: Most images one ``RigLoadImages`` or ``RigRates`` may carry (send more in several requests);
+#: the rig answers a larger request with ``InvalidRequest`` before computing anything.
+RIG_MAX_IMAGES = 10_000
+#: Largest image height or width the rig accepts (the compact models see 112 x 112 pixels).
+RIG_MAX_SIDE = 1024
+
+
 class RigLoadImages(Message):
     """Give the virtual rig the pixels of images it may be shown (uint8 (N, H, W, 3)).
 
@@ -56,7 +63,7 @@ class RigLoadImages(Message):
     """
 
     kind: Literal["rig.load_images"] = "rig.load_images"
-    images: Array
+    images: Array = Field(description=f"uint8 (N, H, W, 3), N <= {RIG_MAX_IMAGES}, H, W <= {RIG_MAX_SIDE}")
 
 
 class RigImagesLoaded(Message):
@@ -70,7 +77,10 @@ class RigStatus(Message):
 
 
 class RigStatusReply(Message):
-    """What the rig shows to the world: no ground truth (rates, models) ever travels."""
+    """What the rig shows to the world: counters, streams and a description of its ground truth.
+
+    The models themselves never travel; ``RigRates`` answers the rates of given images.
+    """
 
     kind: Literal["rig.status_reply"] = "rig.status_reply"
     n_units: int
@@ -80,3 +90,27 @@ class RigStatusReply(Message):
     trials_too_late: int = Field(description="trial events that arrived after their spikes were emitted")
     spike_stream: str
     sync_stream: str
+    description: str = Field(default="", description="the ground truth in words, e.g. '8 real V4 compact "
+                             "models of session 190923 (Cowley et al. 2023)' or '24 synthetic Gabor-energy units'")
+    session: str | None = Field(default=None, description="the V4 session whose compact models are the ground "
+                                "truth (None for a synthetic population)")
+    unit_names: list[str] = Field(default_factory=list, description="name of each unit, by the unit index the "
+                                  "spike stream carries (e.g. '190923/neuron5', 'gabor3')")
+
+
+class RigRates(Message):
+    """The rig's ground truth on some images, for scoring: the rates it would use for them.
+
+    Read-only: nothing is loaded or cached, the rig's state (and its spikes) are unchanged.
+    Images are uint8 (N, H, W, 3) (one (H, W, 3) image is taken as N = 1), N <= RIG_MAX_IMAGES.
+    """
+
+    kind: Literal["rig.rates"] = "rig.rates"
+    images: Array = Field(description=f"uint8 (N, H, W, 3), N <= {RIG_MAX_IMAGES}, H, W <= {RIG_MAX_SIDE}")
+
+
+class RigRatesReply(Message):
+    kind: Literal["rig.rates_reply"] = "rig.rates_reply"
+    rates: Array = Field(description="float32 (N, n_units): each unit's driven rate (spikes/s) for each image")
+    unit_names: list[str] = Field(description="column labels of rates (see RigStatusReply.unit_names)")
+    image_ids: list[str] = Field(description="content hashes of the images, in the order sent")
