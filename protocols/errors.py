@@ -10,16 +10,21 @@ from wire.errors import ProtocolError
 
 @dataclass(frozen=True)
 class Problem:
-    """One problem in a protocol: where (key path, and line/column in a YAML file) and what."""
+    """One problem in a protocol: where (key path, and line/column in a YAML file) and what.
+
+    ``override`` is the command-line override (``KEY=VALUE`` of ``--set``) the problem comes
+    from, if any; such a problem has no line and is shown as ``--set KEY=VALUE: path: message``.
+    """
 
     path: str
     message: str
     line: int | None = None
     column: int | None = None
     source: str | None = None
+    override: str | None = None
 
     def __str__(self) -> str:
-        where = self.source or "<protocol>"
+        where = f"--set {self.override}" if self.override is not None else self.source or "<protocol>"
         if self.line is not None:
             where += f":{self.line}"
             if self.column is not None:

@@ -5,13 +5,19 @@ Every problem pydantic finds is reported (not just the first), each with the key
 (found by walking the composed YAML node tree along pydantic's error location). TOML has no
 node marks in the standard library; there the key path is given, plus the line when the
 key's name occurs on exactly one line of the file.
+
+Command-line overrides (``--set KEY=VALUE``: a dotted key path, list indices as numbers, and
+a YAML value) are applied to the parsed data before validation, so they are validated
+exactly like the file; a problem in an overridden value names the override, not a line.
 """
 
 from __future__ import annotations
 
+import copy
 import re
 import tomllib
 from collections.abc import Sequence
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Literal
 
@@ -24,19 +30,22 @@ from protocols.library import LIBRARY, PROTOCOL_ADAPTER, ProtocolBase
 Format = Literal["yaml", "toml"]
 
 
-def load_protocol(path: str | Path) -> ProtocolBase:
-    """Read and validate a protocol file (``.yaml``/``.yml`` or ``.toml``)."""
+def load_protocol(path: str | Path, overrides: Sequence[str] = ()) -> ProtocolBase:
+    """Read and validate a protocol file (``.yaml``/``.yml`` or ``.toml``), with ``overrides``
+    (``KEY=VALUE`` strings, see :func:`apply_overrides`) applied before validation."""
     p = Path(path)
     fmt: Format = "toml" if p.suffix.lower() == ".toml" else "yaml"
     try:
         text = p.read_text(encoding="utf-8")
     except OSError as exc:
         raise ProtocolValidationError([Problem("", f"cannot read: {exc}", source=str(p))], str(p)) from exc
-    return parse_protocol(text, fmt, source=str(p))
+    return parse_protocol(text, fmt, source=str(p), overrides=overrides)
 
 
-def parse_protocol(text: str, fmt: Format = "yaml", source: str | None = None) -> ProtocolBase:
-    """Validate protocol ``text``; raises :class:`ProtocolValidationError` listing every problem."""
+def parse_protocol(text: str, fmt: Format = "yaml", source: str | None = None,
+                   overrides: Sequence[str] = ()) -> ProtocolBase:
+    """Validate protocol ``text`` with ``overrides`` applied (see :func:`apply_overrides`);
+    raises :class:`ProtocolValidationError` listing every problem."""
     node: yaml.Node | None = None
     if fmt == "yaml":
         try:
@@ -59,31 +68,38 @@ def parse_protocol(text: str, fmt: Format = "yaml", source: str | None = None) -
             raise ProtocolValidationError([Problem(
                 "", f"TOML syntax: {exc}", line=line, column=int(m.group(2)) if m else None,
                 source=source)], source) from exc
-    return validate_protocol(data, node=node, text=text if fmt == "toml" else None, source=source)
+    return validate_protocol(data, node=node, text=text if fmt == "toml" else None, source=source,
+                             overrides=overrides)
 
 
 def validate_protocol(data: Any, *, node: yaml.Node | None = None, text: str | None = None,
-                      source: str | None = None) -> ProtocolBase:
-    """Validate already-parsed protocol data; ``node``/``text`` locate problems in the file."""
+                      source: str | None = None, overrides: Sequence[str] = ()) -> ProtocolBase:
+    """Validate already-parsed protocol data with ``overrides`` applied; ``node``/``text``
+    locate problems in the file, problems in overridden values name their override."""
     if not isinstance(data, dict):
         raise ProtocolValidationError([Problem(
             "", f"a protocol is a mapping with a 'protocol' key, got {type(data).__name__}",
             line=1, source=source)], source)
+    applied = _apply(data, _parse_all(overrides, source), source)
+    file_data, data = data, applied[0]
+    origin = _Origin(file_data, applied[1])
     if "protocol" not in data or data["protocol"] not in LIBRARY:
         problem = Problem("protocol", f"must be one of {sorted(LIBRARY)}, got {data.get('protocol')!r}",
                           source=source)
-        raise ProtocolValidationError([_locate(problem, ("protocol",), data, node, text)], source)
+        raise ProtocolValidationError([origin.locate(problem, ["protocol"], ("protocol",), node, text)],
+                                      source)
     try:
         return PROTOCOL_ADAPTER.validate_python(data)
     except ValidationError as exc:
-        problems = [problem_from_error(err, data, node=node, text=text, source=source)
+        problems = [problem_from_error(err, data, node=node, text=text, source=source, origin=origin)
                     for err in exc.errors(include_url=False)]
         raise ProtocolValidationError(problems, source) from exc
 
 
 def problem_from_error(err: Any, data: Any, *, node: yaml.Node | None = None, text: str | None = None,
-                       source: str | None = None) -> Problem:
-    """A pydantic error dict as a :class:`Problem` located in ``data`` (and its YAML ``node``)."""
+                       source: str | None = None, origin: _Origin | None = None) -> Problem:
+    """A pydantic error dict as a :class:`Problem` located in ``data`` (and its YAML ``node``),
+    or attributed to the override it comes from (``origin``)."""
     loc: tuple[Any, ...] = tuple(err.get("loc", ()))
     msg = str(err.get("msg", "invalid"))
     if err.get("type") not in ("missing", "extra_forbidden") and "input" in err and not isinstance(
@@ -91,13 +107,193 @@ def problem_from_error(err: Any, data: Any, *, node: yaml.Node | None = None, te
         msg += f" (got {err['input']!r})"
     if err.get("type") == "extra_forbidden":
         msg = "unknown field (not allowed here)"
-    path = format_path(_data_path(loc, data))
-    return _locate(Problem(path, msg, source=source), loc, data, node, text)
+    data_path = _data_path(loc, data, missing=err.get("type") == "missing")
+    problem = Problem(format_path(data_path), msg, source=source)
+    if origin is None:
+        return _locate(problem, loc, data, node, text, data_path)
+    return origin.locate(problem, data_path, loc, node, text)
 
 
-def _data_path(loc: Sequence[Any], data: Any) -> list[str | int]:
+# --- command-line overrides -------------------------------------------------------------------
+
+Key = tuple[str | int, ...]
+
+
+@dataclass(frozen=True)
+class Override:
+    """One parsed ``KEY=VALUE`` override: ``keys`` (list indices as ints) and the YAML ``value``."""
+
+    text: str
+    keys: Key
+    value: Any
+
+
+_INDEX = re.compile(r"-?\d+")
+
+
+def parse_override(text: str, source: str | None = None) -> Override:
+    """Parse ``KEY=VALUE``: ``KEY`` a dotted path (``active.n_images``, ``steps.2.repeats``),
+    ``VALUE`` a YAML scalar or flow value (safe loader: ``30``, ``0.5``, ``true``, ``null``,
+    ``[1, 2]``, ``{on_frames: 4}``, ``'quoted'``; an empty value is null)."""
+    def bad(path: str, message: str) -> ProtocolValidationError:
+        return ProtocolValidationError([Problem(path, message, source=source, override=text)], source)
+
+    key, eq, raw = text.partition("=")
+    key = key.strip()
+    if not eq:
+        raise bad("", "an override is KEY=VALUE (no '=' found)")
+    if not key:
+        raise bad("", "an override is KEY=VALUE (empty KEY)")
+    parts = key.split(".")
+    if any(not p.strip() for p in parts):
+        raise bad("", f"empty key in {key!r} (keys are separated by single dots)")
+    keys: Key = tuple(int(p) if _INDEX.fullmatch(p) else p.strip() for p in parts)
+    try:
+        value = yaml.safe_load(raw)
+    except yaml.MarkedYAMLError as exc:
+        raise bad(format_path(keys), f"VALUE is not valid YAML: {exc.problem or exc}") from exc
+    except yaml.YAMLError as exc:
+        raise bad(format_path(keys), f"VALUE is not valid YAML: {exc}") from exc
+    return Override(text, keys, value)
+
+
+def apply_overrides(data: dict[str, Any], overrides: Sequence[str], source: str | None = None) -> dict[str, Any]:
+    """A copy of ``data`` with each ``KEY=VALUE`` override set, in order (``data`` is untouched).
+
+    A key may go through existing mappings and lists (a number indexes a list, within its
+    length) and may create new keys (missing mappings along the way are created, as is one
+    where the data has null); whether a key is allowed is left to validation. Raises
+    :class:`ProtocolValidationError` listing every malformed override (no ``=``, an empty
+    key, a VALUE that is not YAML, an index into a non-list or out of range, a key through
+    a scalar).
+    """
+    return _apply(data, _parse_all(overrides, source), source)[0]
+
+
+def _parse_all(overrides: Sequence[str], source: str | None) -> list[Override]:
+    if isinstance(overrides, str):
+        raise TypeError("overrides is a sequence of 'KEY=VALUE' strings, not one string")
+    problems: list[Problem] = []
+    parsed: list[Override] = []
+    for text in overrides:
+        try:
+            parsed.append(parse_override(text, source=source))
+        except ProtocolValidationError as exc:
+            problems += exc.problems
+    if problems:
+        raise ProtocolValidationError(problems, source)
+    return parsed
+
+
+def _apply(data: dict[str, Any], overrides: Sequence[Override],
+           source: str | None) -> tuple[dict[str, Any], list[tuple[Override, Key]]]:
+    """``data`` with the overrides set, and each override with its resolved key path."""
+    out = copy.deepcopy(data)
+    resolved: list[tuple[Override, Key]] = []
+    problems: list[Problem] = []
+    for o in overrides:
+        try:
+            resolved.append((o, _set(out, o)))
+        except _OverrideError as exc:
+            problems.append(Problem(exc.path, exc.message, source=source, override=o.text))
+    if problems:
+        raise ProtocolValidationError(problems, source)
+    return out, resolved
+
+
+class _OverrideError(Exception):
+    def __init__(self, path: str, message: str) -> None:
+        super().__init__(message)
+        self.path, self.message = path, message
+
+
+def _set(root: dict[str, Any], o: Override) -> Key:
+    """Set ``o.value`` at ``o.keys`` in ``root`` (in place); the key path with indices resolved."""
+    cur: Any = root
+    done: list[str | int] = []
+    for i, k in enumerate(o.keys):
+        last = i == len(o.keys) - 1
+        where = format_path(done) or "the protocol"
+        if isinstance(cur, list):
+            if not isinstance(k, int):
+                raise _OverrideError(format_path(done), f"{where} is a list: {k!r} is not an index")
+            if not -len(cur) <= k < len(cur):
+                raise _OverrideError(format_path(done),
+                                     f"index {k} out of range ({where} has {len(cur)} item(s))")
+            k %= len(cur)
+        elif isinstance(cur, dict):
+            if isinstance(k, int):
+                if k in cur or str(k) in cur:
+                    k = k if k in cur else str(k)
+                else:
+                    raise _OverrideError(format_path(done), f"{where} is a mapping, not a list: no index {k}")
+        else:
+            raise _OverrideError(format_path(done), f"{where} is {cur!r} ({_kind(cur)}), not a mapping or a list: "
+                                                    f"cannot set {format_path(o.keys)}")
+        done.append(k)
+        if last:
+            cur[k] = copy.deepcopy(o.value)
+        else:
+            if isinstance(cur, dict) and cur.get(k) is None:
+                cur[k] = {}  # a new (or null) mapping on the way: created
+            cur = cur[k]
+    return tuple(done)
+
+
+def _kind(value: Any) -> str:
+    return {bool: "a boolean", int: "an integer", float: "a number", str: "a string"}.get(
+        type(value), f"a {type(value).__name__}")
+
+
+def _under(path: Sequence[str | int], prefix: Sequence[str | int]) -> bool:
+    return len(prefix) <= len(path) and tuple(path[:len(prefix)]) == tuple(prefix)
+
+
+def _exists(data: Any, path: Sequence[str | int]) -> bool:
+    cur = data
+    for k in path:
+        if isinstance(cur, dict) and k in cur:
+            cur = cur[k]
+        elif isinstance(cur, list) and isinstance(k, int) and 0 <= k < len(cur):
+            cur = cur[k]
+        else:
+            return False
+    return True
+
+
+class _Origin:
+    """Where a problem comes from: the file (located by line) or an override (named).
+
+    A problem at or under an override's key comes from the last such override; one at a key
+    the file does not have, above some overrides, from the first of them (it created the key);
+    one above overrides at a key the file has (a model check of a mapping the overrides
+    changed) is located in the file and lists the overrides.
+    """
+
+    def __init__(self, file_data: Any, overrides: Sequence[tuple[Override, Key]]) -> None:
+        self.file_data = file_data
+        self.overrides = list(overrides)
+
+    def locate(self, problem: Problem, data_path: Sequence[str | int], loc: Sequence[Any],
+               node: yaml.Node | None, text: str | None) -> Problem:
+        above = [o for o, keys in self.overrides if _under(data_path, keys)]
+        if above:
+            return Problem(problem.path, problem.message, source=problem.source, override=above[-1].text)
+        below = [o for o, keys in self.overrides if _under(keys, data_path)]
+        if below and not _exists(self.file_data, data_path):
+            return Problem(problem.path, problem.message, source=problem.source, override=below[0].text)
+        located = _locate(problem, loc, self.file_data, node, text, data_path)
+        if below:
+            note = ", ".join(f"--set {o.text}" for o in below)
+            located = Problem(located.path, f"{located.message} (with {note})", line=located.line,
+                              column=located.column, source=located.source)
+        return located
+
+
+def _data_path(loc: Sequence[Any], data: Any, missing: bool = True) -> list[str | int]:
     """``loc`` without pydantic's union-tag elements: only keys/indices that exist in ``data``,
-    plus a final missing or unknown key."""
+    plus a final missing key (when ``missing``: not for an error of the mapping itself, whose
+    ``loc`` may end with a union tag)."""
     out: list[str | int] = []
     cur = data
     for i, elem in enumerate(loc):
@@ -107,7 +303,7 @@ def _data_path(loc: Sequence[Any], data: Any) -> list[str | int]:
         elif isinstance(cur, list) and isinstance(elem, int) and 0 <= elem < len(cur):
             out.append(elem)
             cur = cur[elem]
-        elif i == len(loc) - 1 and isinstance(cur, dict) and isinstance(elem, str):
+        elif missing and i == len(loc) - 1 and isinstance(cur, dict) and isinstance(elem, str):
             out.append(elem)  # a missing field
     return out
 
@@ -120,7 +316,7 @@ def format_path(path: Sequence[str | int]) -> str:
 
 
 def _locate(problem: Problem, loc: Sequence[Any], data: Any, node: yaml.Node | None,
-            text: str | None) -> Problem:
+            text: str | None, data_path: Sequence[str | int] | None = None) -> Problem:
     line: int | None = None
     column: int | None = None
     if node is not None:
@@ -128,7 +324,8 @@ def _locate(problem: Problem, loc: Sequence[Any], data: Any, node: yaml.Node | N
         if mark is not None:
             line, column = mark.line + 1, mark.column + 1
     elif text is not None:
-        keys = [e for e in _data_path(loc, data) if isinstance(e, str)]
+        path = _data_path(loc, data) if data_path is None else data_path
+        keys = [e for e in path if isinstance(e, str)]
         if keys:
             pat = re.compile(rf"^\s*(\"?){re.escape(keys[-1])}\1\s*=|^\s*\[+\s*([\w.]*\.)?{re.escape(keys[-1])}\s*\]+")
             hits = [i for i, ln in enumerate(text.splitlines()) if pat.search(ln)]
