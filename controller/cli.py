@@ -92,6 +92,8 @@ def demo(
     out: Annotated[Path, typer.Option(help="where session files, model data and summary.json go")] = Path("out/demo"),
     sessions: Annotated[int | None, typer.Option(help="sysid sessions before the causal test")] = None,
     device: Annotated[str, typer.Option(help="modelserver device: auto, cpu, cuda, cuda:1, ...")] = "auto",
+    ground_truth: Annotated[str | None, typer.Option(
+        help="the session of --data whose compact models are the hidden neurons (default: the first)")] = None,
 ) -> None:
     """The closed loop on embedded defaults: sysid sessions with retraining, a maximize causal test."""
     from controller.demo import DEFAULT_DATA
@@ -99,7 +101,7 @@ def demo(
 
     if data is None and DEFAULT_DATA.is_dir():
         data = DEFAULT_DATA
-    demo_main(data, out, sessions, device)
+    demo_main(data, out, sessions, device, ground_truth)
 
 
 @app.command()
@@ -131,14 +133,22 @@ def run(
     out: Annotated[Path | None, typer.Option(help="folder for the session file")] = None,
     session_id: Annotated[str | None, typer.Option(help="session name (default: time_rig_protocol)")] = None,
     resume: Annotated[bool, typer.Option(help="continue the session file of --session-id")] = False,
+    set_: Annotated[list[str] | None, typer.Option(
+        "--set", help="KEY=VALUE: change a protocol value (repeatable; e.g. n_blocks=2, active.n_images=10); "
+                      "validated like the file and recorded in the session")] = None,
 ) -> None:
-    """Run a protocol as one recording session, with progress on the terminal."""
+    """Run a protocol as one recording session (the closed loop), with progress on the terminal.
+
+    The rig file (--config) names the parts: stimserver, acquisition (a virtual rig process on
+    embedded defaults), modelserver (a child process whose data folder persists under --out),
+    images and bus; every part it does not name runs on its embedded default."""
+    from controller.assembly import run_protocol
     from controller.config import load_config
     from controller.progress import SessionProgress
-    from controller.runner import run_protocol
     from protocols.loader import load_protocol
 
-    proto = load_protocol(protocol)
+    overrides = list(set_ or [])
+    proto = load_protocol(protocol, overrides=overrides)
     cfg = load_config(config)
     if out is not None:
         cfg.out_dir = out
@@ -146,7 +156,9 @@ def run(
         cfg.session_id = session_id
     cfg.out_dir.mkdir(parents=True, exist_ok=True)
     with SessionProgress(console) as progress:
-        stop, path = asyncio.run(run_protocol(proto, cfg, resume=resume, on_status=progress.update))
+        stop, path = asyncio.run(run_protocol(proto, cfg, resume=resume, on_status=progress.update,
+                                              record={"protocol_file": str(protocol), "overrides": overrides,
+                                                      "rig_file": str(config) if config else None}))
     colour = {"success": "green", "abort": "yellow"}.get(stop.exit_status, "red")
     console.print(f"[{colour}]{stop.exit_status}[/{colour}]: {stop.n_trials} trials with counts in {path}"
                   + (f" ({stop.reason})" if stop.reason else ""))
@@ -246,13 +258,53 @@ PassOpt = Annotated[str | None, typer.Option(help="MQTT password", envvar="CORTE
 @app.command()
 def status(credentials: CredOpt = None, broker: BrokerOpt = None, rig: RigOpt = None, username: UserOpt = None,
            password: PassOpt = None, timeout: float = 5.0) -> None:
-    """Print a rig's current session status (its retained MQTT status message)."""
-    from wire.topics import SessionStatus
+    """Print a rig's current session status and its latest model progress (both retained on MQTT)."""
+    import contextlib
+    import time
+
+    from wire.errors import BusError
+    from wire.topics import BusMessage, ModelProgress, SessionStatus
+
+    model_wait = min(1.0, timeout)  # retained messages follow the subscription at once; none may exist
+
+    def progress_line(p: ModelProgress, session_id: str | None) -> str:
+        epoch = "" if p.epoch is None else f" epoch {p.epoch}" + ("" if p.max_epochs is None else f"/{p.max_epochs}")
+        parts = [f"model: {p.task}" + (f" ({p.scope})" if p.scope else "") + epoch, f"{p.fraction:.0%}"]
+        if p.val_r is not None:
+            parts.append(f"val r {p.val_r:.3f}")
+        if p.loss is not None:
+            parts.append(f"loss {p.loss:.4g}")
+        parts.append(f"version {p.model_version}" if p.model_version else "in progress")
+        if p.message:
+            parts.append(p.message)
+        parts.append(f"{max(0.0, time.time() - p.time):.0f} s ago")
+        if p.session_id and p.session_id != session_id:
+            parts.append(f"from session {p.session_id}")
+        return ", ".join(parts)
 
     async def go() -> None:
         async with _operator(credentials, broker, rig, username, password) as op:
-            msg = await op.wait_for(lambda m: isinstance(m, SessionStatus), timeout)
+            latest: dict[type[BusMessage], BusMessage] = {}
+            stream = op.statuses()
+            loop = asyncio.get_running_loop()
+
+            async def read_until(kind: type[BusMessage], seconds: float) -> None:
+                with contextlib.suppress(TimeoutError):
+                    async with asyncio.timeout_at(loop.time() + seconds):
+                        while kind not in latest:
+                            msg = await anext(stream)
+                            if isinstance(msg, SessionStatus | ModelProgress):
+                                latest[type(msg)] = msg
+
+            await read_until(SessionStatus, timeout)
+            msg = latest.get(SessionStatus)
+            if not isinstance(msg, SessionStatus):
+                raise BusError(f"no status from rig {op.rig!r} within {timeout} s")
+            await read_until(ModelProgress, model_wait)
             console.print_json(msg.model_dump_json())
+            progress = latest.get(ModelProgress)
+            if isinstance(progress, ModelProgress):
+                console.print(progress_line(progress, msg.session_id), markup=False, highlight=False, soft_wrap=True)
 
     asyncio.run(go())
 

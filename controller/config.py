@@ -1,10 +1,13 @@
-"""The rig configuration: which servers, acquisition source, images and bus a session uses.
+"""The rig configuration: every part of a session, each started here or reached at its endpoints.
 
-Everything has an embedded default, so ``cortexloop run PROTOCOL.yaml`` works on a laptop: a
-stimserver child process (display-free presenter unless ``presenter: psychopy``), the
-in-process virtual rig, a synthetic image library, no modelserver, and an in-process MQTT broker
-(amqtt) whose operator credentials are written next to the session file. A lab's YAML file
-replaces the parts it has (``cortexloop run PROTOCOL.yaml --config rig.yaml``).
+Everything has an embedded default, so ``cortexloop run PROTOCOL.yaml`` is the closed loop on a
+laptop: a stimserver child process (display-free presenter unless ``presenter: psychopy``), a
+virtual rig process (``python -m virtualrig``: synthetic Gabor-energy neurons, or real V4 compact
+models) whose spikes arrive over LSL with a photodiode sync stream, a modelserver child process
+whose data folder persists under the output folder, a synthetic image library, and an in-process
+MQTT broker (amqtt) whose operator credentials are written next to the session file. A lab's YAML
+file replaces the parts it has (``cortexloop run PROTOCOL.yaml --config rig.yaml``);
+``controller.assembly`` builds a running session from it.
 """
 
 from __future__ import annotations
@@ -13,9 +16,13 @@ from pathlib import Path
 from typing import Literal
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
 from wire.errors import ProtocolError
+
+#: default TCP ports of servers started by hand (children started by a session bind port 0)
+STIM_PORTS = (5560, 5561)
+MODEL_PORTS = (5570, 5571)
 
 
 class _Cfg(BaseModel):
@@ -29,37 +36,104 @@ class StimConfig(_Cfg):
     refresh_hz: float = Field(default=60.0, gt=0, description="refresh rate of the fake presenter")
     extra_args: list[str] = Field(default_factory=list, description="more `cortexloop stimserver` options")
 
+    @model_validator(mode="after")
+    def _both_endpoints(self) -> StimConfig:
+        if (self.rpc is None) != (self.events is None):
+            raise ValueError("a running stimserver needs both rpc and events endpoints")
+        return self
+
 
 class VirtualRigConfig(_Cfg):
-    compact_models: Path | None = Field(default=None, description="folder of V4 compact models (ground truth)")
-    n_units: int = Field(default=24, ge=1, description="synthetic Gabor-energy units when no models are given")
-    baseline: float = Field(default=2.0, ge=0, description="baseline rate (spikes/s)")
+    """The virtual monkey: started as ``python -m virtualrig`` (acquisition ``kind: virtual``), or a
+    separately started one reached at ``rpc`` (acquisition ``kind: lsl``), which is sent the pixels
+    of every image loaded into the stimserver."""
+
+    rpc: str | None = Field(default=None, description="RPC endpoint of a running virtual rig (kind: lsl)")
+    data: Path | None = Field(default=None, description="a folder in the V4 layout: its compact models are "
+                                                        "the ground truth (None: synthetic Gabor-energy units)")
+    session: str | None = Field(default=None, description="whose compact models (default: the first session)")
+    neurons: int | list[int] | None = Field(default=None, description="first N, or these neurons (default all)")
+    n_units: int = Field(default=24, ge=1, le=10_000, description="synthetic units when no models are given")
+    baseline: float = Field(default=5.0, ge=0, description="baseline rate (spikes/s)")
     latency: float = Field(default=0.05, ge=0, description="response latency (s)")
-    duration: float = Field(default=0.1, gt=0, description="response duration (s)")
     seed: int = 0
+    device: str = Field(default="cpu", description="torch device of the compact models")
+    extra_args: list[str] = Field(default_factory=list, description="more `python -m virtualrig` options")
+
+
+class SyncConfig(_Cfg):
+    """The sync line that reports each stimulus onset on the acquisition clock (a photodiode on the
+    screen's corner patch, or a TTL from the stimulus computer)."""
+
+    channel: str = Field(default="photodiode", description="sync channel name (LSL marker label, or "
+                                                           "an Open Ephys TTL line such as 'ttl1')")
+    tolerance: float = Field(default=0.02, gt=0, le=1.0, description="max pulse-to-onset mismatch (s)")
 
 
 class AcquisitionConfig(_Cfg):
-    kind: Literal["virtual", "lsl", "openephys"] = Field(default="virtual", description="where spikes come from")
+    kind: Literal["virtual", "lsl", "openephys"] = Field(
+        default="virtual", description="virtual: start a virtual rig process (spikes over LSL); "
+                                       "lsl: a rig's LSL streams; openephys: an Open Ephys ZMQ stream")
     openephys_endpoint: str = "tcp://127.0.0.1:5557"
     lsl_spike_name: str | None = "cortexloop-spikes"
+    lsl_marker_name: str | None = "cortexloop-sync"
+    sync: SyncConfig | None = Field(default=None, description="the sync channel (default for kind virtual: "
+                                                              "the rig's photodiode markers)")
     silence_timeout: float = Field(default=10.0, gt=0, description="seconds without data before it is an error")
     window: tuple[float, float] = Field(default=(0.05, 0.15), description="counting window after onset (s)")
     lateness: float = Field(default=0.05, ge=0)
     virtual: VirtualRigConfig = Field(default_factory=VirtualRigConfig)
 
+    @model_validator(mode="after")
+    def _clocks(self) -> AcquisitionConfig:
+        if self.kind == "virtual" and self.sync is None:
+            self.sync = SyncConfig()
+        if self.kind == "openephys" and self.sync is None:
+            raise ValueError("Open Ephys spikes are timed on the sample clock: name the sync channel that "
+                             "reports stimulus onsets (acquisition.sync.channel, e.g. 'ttl1')")
+        if not self.window[1] > self.window[0]:
+            raise ValueError(f"window end must be after its start, got {self.window}")
+        return self
+
 
 class ImagesConfig(_Cfg):
     pool: Path | None = Field(default=None, description="an image pool file (HDF5, images + ids)")
     v4_dir: Path | None = Field(default=None, description="a folder in the layout of the V4 data")
-    v4_sessions: list[str] = Field(default_factory=lambda: ["190923"])
-    synthetic: int = Field(default=400, ge=1, description="synthetic images when neither is given")
+    v4_sessions: list[str] | None = Field(default=None, description="its sessions (default: all)")
+    synthetic: int = Field(default=400, ge=1, le=200_000, description="synthetic images when neither is given")
+    holdout: int = Field(default=0, ge=0, description="images kept back from every session (for scoring)")
+    holdout_seed: int = 0
 
 
 class ModelConfig(_Cfg):
-    rpc: str | None = Field(default=None, description="RPC endpoint of a modelserver (None: no modelserver)")
-    events: str | None = None
-    timeout: float = Field(default=30.0, gt=0)
+    """The modelserver: ``start`` a child process (its data folder persists, by default
+    ``<out>/modelserver``, so a later session finds the models earlier ones trained), ``connect``
+    to a running one (a GPU box serving several rigs), or ``none`` (model-made sets fall back)."""
+
+    kind: Literal["start", "connect", "none"] = "start"
+    rpc: str | None = Field(default=None, description="RPC endpoint of a running modelserver (kind connect)")
+    events: str | None = Field(default=None, description="its event endpoint")
+    data_dir: Path | None = Field(default=None, description="data folder of a started server "
+                                                            "(default: <out>/modelserver)")
+    device: str = Field(default="auto", description="auto (a GPU when there is one), cpu, cuda, cuda:1, ...")
+    threads: int = Field(default=0, ge=0, description="torch CPU threads of a started server (0: default)")
+    members: int = Field(default=3, ge=1, le=64, description="ensemble members")
+    max_epochs: int = Field(default=8, ge=1, le=10_000, description="epochs per training job at most")
+    v4_dir: Path | None = Field(default=None, description="V4 folder whose images feed the candidate pools")
+    block_epochs: int = Field(default=4, ge=1, description="epochs of a between-block retrain")
+    session_epochs: int = Field(default=8, ge=1, description="epochs of an end-of-session retrain")
+    pool_crops: int = Field(default=1500, ge=1, le=1_000_000, description="candidate pool size")
+    timeout: float = Field(default=60.0, gt=0, description="seconds a request may take (generation has "
+                                                           "the protocol's own timeouts)")
+    start_timeout: float = Field(default=180.0, gt=0)
+
+    @model_validator(mode="after")
+    def _endpoints(self) -> ModelConfig:
+        if self.rpc is not None and self.kind == "start":
+            self.kind = "connect"
+        if self.kind == "connect" and (self.rpc is None or self.events is None):
+            raise ValueError("model kind connect needs both rpc and events endpoints")
+        return self
 
 
 class BusConfig(_Cfg):
@@ -81,19 +155,34 @@ class RunConfig(_Cfg):
     model: ModelConfig = Field(default_factory=ModelConfig)
     bus: BusConfig = Field(default_factory=BusConfig)
 
+    def model_dir(self) -> Path:
+        return self.model.data_dir if self.model.data_dir is not None else self.out_dir / "modelserver"
 
-def load_config(path: str | Path | None) -> RunConfig:
-    """The configuration in ``path`` (YAML), or the embedded defaults."""
+
+def _errors(source: str, exc: ValidationError) -> ProtocolError:
+    lines = [f"{source}: {'.'.join(map(str, e['loc'])) or '(top)'}: {e['msg']}" for e in exc.errors(include_url=False)]
+    return ProtocolError("invalid rig configuration:\n" + "\n".join(lines))
+
+
+def load_config(path: str | Path | None, overrides: dict[str, object] | None = None) -> RunConfig:
+    """The configuration in ``path`` (YAML), or the embedded defaults; ``overrides`` replace top-level
+    keys. Relative paths are taken from the current folder, like every other argument."""
     if path is None:
-        return RunConfig()
+        try:
+            return RunConfig.model_validate(overrides or {})
+        except ValidationError as exc:
+            raise _errors("(defaults)", exc) from exc
     p = Path(path)
     try:
         data = yaml.safe_load(p.read_text(encoding="utf-8")) or {}
-        return RunConfig.model_validate(data)
-    except OSError as exc:
+    except (OSError, UnicodeDecodeError) as exc:
         raise ProtocolError(f"cannot read rig configuration {p}: {exc}") from exc
     except yaml.YAMLError as exc:
         raise ProtocolError(f"{p}: not YAML: {exc}") from exc
+    if not isinstance(data, dict):
+        raise ProtocolError(f"{p}: a rig configuration is a mapping, got {type(data).__name__}")
+    try:
+        return RunConfig.model_validate({**data, **(overrides or {})})
     except ValidationError as exc:
-        lines = [f"{p}: {'.'.join(map(str, e['loc']))}: {e['msg']}" for e in exc.errors(include_url=False)]
-        raise ProtocolError("invalid rig configuration:\n" + "\n".join(lines)) from exc
+        raise _errors(str(p), exc) from exc
+

@@ -1,30 +1,28 @@
-"""``cortexloop demo``: the closed loop on embedded defaults, measured against a hidden ground truth.
+"""``cortexloop demo``: one shipped rig configuration plus scoring against the hidden ground truth.
 
-A virtual rig stands in for the monkey: the real V4 compact models of Cowley et al. (2023) when
-a data folder in their layout is found (``--data``, default ``../shared/data/v4``), else a
-synthetic population of Gabor-energy units. The demo runs several ``sysid`` recording sessions
-(each a new session to the modelserver, which retrains between blocks and sessions), then a
-``maximize`` causal test, every one through the real stimserver process, the engine, the session
-store and a modelserver process. After each sysid session it scores the model on images never
-shown against the ground truth's rates; after the causal test it measures how much the chosen
-images drive the ground-truth neurons above randomly chosen natural images. Every figure goes to
+The demo only chooses settings and scores; every part is started by the one assembly
+(:mod:`controller.assembly`) that ``cortexloop run`` uses. Its rig configuration: a virtual rig
+process (``python -m virtualrig``) stands in for the monkey and streams spikes over LSL, with the
+real V4 compact models of Cowley et al. (2023) of session ``--ground-truth`` when a data folder in
+their layout is found (``--data``, default ``../shared/data/v4``), else a synthetic population of
+Gabor-energy units; a modelserver process whose data folder (``OUT/modelserver``) persists from one
+session to the next; the display-free stimserver; the embedded MQTT broker. It runs several
+``sysid`` recording sessions (each a new session to the modelserver, which retrains between blocks
+and sessions), then a ``maximize`` causal test, each as its own session through the assembly. After
+each sysid session it scores the model on images never shown (``images.holdout``) against the
+ground truth's rates; after the causal test it measures how much the chosen images drive the
+ground-truth neurons above randomly chosen natural images. Every figure goes to
 ``OUT/summary.json``; session files and the model server's data go to ``OUT``.
 
-The ground truth is only ever seen by the rig and by this scoring code, never by the engine or the
-modelserver.
+The ground truth stays in the rig process: the scoring asks the rig for its rates over the rig's
+RPC (:meth:`controller.links.RigLink.rates`); the engine and the modelserver never see it.
 """
 
 from __future__ import annotations
 
 import asyncio
 import json
-import os
-import queue
-import subprocess
-import sys
-import threading
 import time
-from contextlib import contextmanager
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
@@ -33,15 +31,20 @@ import numpy as np
 from rich.console import Console
 from rich.table import Table
 
-from controller.config import RunConfig
-from controller.images import ImageLibrary, synthetic_images
-from controller.modellink import ZmqModelLink, model_session, natural_key
-from controller.runner import open_session
+from controller.assembly import Session, assemble
+from controller.config import (
+    AcquisitionConfig,
+    BusConfig,
+    ImagesConfig,
+    ModelConfig,
+    RunConfig,
+    VirtualRigConfig,
+)
+from controller.modellink import model_session, natural_key
 from controller.store import SessionReader
 from protocols.library.maximize import MaximizeProtocol
 from protocols.library.sysid import SysidProtocol
 from wire.documents import BlockDoc, ResponseDoc, StepDoc
-from wire.errors import CortexloopError
 from wire.model import Predict, Prediction
 from wire.transport import RpcClient
 
@@ -95,8 +98,12 @@ class Summary:
 
 
 def detect_device(requested: str) -> str:
+    """``auto``: cuda when torch sees a GPU (asked in a child process: the controller never imports torch)."""
     if requested != "auto":
         return requested
+    import subprocess
+    import sys
+
     try:
         out = subprocess.run([sys.executable, "-c", "import torch; print(torch.cuda.is_available())"],
                              capture_output=True, text=True, timeout=120)
@@ -105,71 +112,41 @@ def detect_device(requested: str) -> str:
         return "cpu"
 
 
-@contextmanager
-def modelserver_process(data_dir: Path, settings: DemoSettings, v4_dir: Path | None) -> Any:
-    """``python -m modelserver serve`` as a child; yields (rpc, events) once it says it is ready."""
-    args = [sys.executable, "-m", "modelserver", "serve", "--data-dir", str(data_dir), "--endpoint",
-            "tcp://127.0.0.1:0", "--events", "tcp://127.0.0.1:0", "--device", settings.device,
-            "--members", str(settings.members), "--max-epochs", str(settings.epochs_session)]
-    if v4_dir is not None:
-        args += ["--v4-dir", str(v4_dir)]
-    env = {**os.environ, "PYTHONPATH": os.pathsep.join(p for p in (str(REPO), os.environ.get("PYTHONPATH")) if p)}
-    proc = subprocess.Popen(args, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, env=env)
-    lines: queue.Queue[str | None] = queue.Queue()
-    tail: list[str] = []
-
-    def pump() -> None:
-        assert proc.stdout is not None
-        for line in proc.stdout:
-            tail.append(line)
-            del tail[:-50]
-            lines.put(line)
-        lines.put(None)
-
-    threading.Thread(target=pump, daemon=True).start()
-    try:
-        while True:
-            try:
-                line = lines.get(timeout=120)
-            except queue.Empty:
-                raise CortexloopError("the modelserver did not start:\n" + "".join(tail)) from None
-            if line is None:
-                raise CortexloopError("the modelserver exited:\n" + "".join(tail))
-            if line.startswith("modelserver ready"):
-                parts = line.split()
-                yield parts[3], parts[5]
-                break
-    finally:
-        proc.terminate()
-        try:
-            proc.wait(20)
-        except subprocess.TimeoutExpired:
-            proc.kill()
+def has_v4(data: Path | None) -> bool:
+    return data is not None and (data / "compact_models").is_dir() and (data / "images").is_dir()
 
 
-def ground_truth(data: Path | None, settings: DemoSettings, reference: np.ndarray) -> tuple[Any, str]:
-    from virtualrig.rates import CompactModelRates, GaborEnergyRates
+def demo_config(out: Path, settings: DemoSettings, data: Path | None, ground_truth: str | None = None) -> RunConfig:
+    """The demo's rig configuration (what ``cortexloop run --config`` would read from a file)."""
+    v4 = data if has_v4(data) else None
+    images = (ImagesConfig(v4_dir=v4, holdout=settings.eval_images) if v4 is not None else
+              ImagesConfig(synthetic=1300, holdout=settings.eval_images))
+    rig = (VirtualRigConfig(data=v4, session=ground_truth, neurons=settings.neurons, device=settings.device)
+           if v4 is not None else VirtualRigConfig(n_units=settings.neurons * 2, seed=1))
+    model = ModelConfig(device=settings.device, members=settings.members, max_epochs=settings.epochs_session,
+                        block_epochs=settings.epochs_block, session_epochs=settings.epochs_session,
+                        pool_crops=settings.pool_crops, v4_dir=v4, data_dir=out / "modelserver", timeout=60)
+    return RunConfig(out_dir=out, rig="demo", subject="virtual", images=images,
+                     acquisition=AcquisitionConfig(kind="virtual", virtual=rig), model=model,
+                     bus=BusConfig(broker="embedded"))
 
-    if data is not None and (data / "compact_models").is_dir():
-        neurons = list(range(settings.neurons))
-        cm = CompactModelRates(data / "compact_models", session="190923", reference=reference,
-                               neurons=neurons, device=settings.device)
-        return cm, f"{cm.n_units} real V4 compact models of session 190923 (Cowley et al. 2023)"
-    model = GaborEnergyRates(settings.neurons * 2, seed=1, reference=reference)
-    return model, f"{model.n_units} synthetic Gabor-energy units (no V4 data folder found)"
+
+def sysid_protocol(k: int, settings: DemoSettings) -> SysidProtocol:
+    return SysidProtocol.model_validate({
+        "protocol": "sysid", "seed": k + 1, "n_blocks": settings.blocks, "normal": settings.normal,
+        "gaudy": settings.gaudy, "timing": {"on_frames": 4, "off_frames": 4}, "retrain": "both",
+        "active": {"n_images": settings.active, "start_block": 0 if k else 1, "timeout_s": 300},
+        "heldout": {"block_id": "heldout", "n_images": settings.heldout_images,
+                    "repeats": settings.heldout_repeats, "seed": 7},
+        "prefetch": False})
 
 
-def library(data: Path | None, settings: DemoSettings) -> tuple[ImageLibrary, np.ndarray]:
-    """(images the sessions draw from, images kept back for scoring)."""
-    if data is not None and (data / "images").is_dir():
-        sessions = [p.stem.removeprefix("images_") for p in sorted((data / "images").glob("images_*.zip"))]
-        lib = ImageLibrary.from_v4(data, sessions)
-    else:
-        lib = ImageLibrary(synthetic_images(settings.eval_images + 1300, seed=3), name="synthetic")
-    rng = np.random.default_rng(0)
-    order = rng.permutation(len(lib))
-    held, rest = order[:settings.eval_images], order[settings.eval_images:]
-    return ImageLibrary(lib.images[rest], [lib.ids[i] for i in rest], name=lib.name), lib.images[held]
+def maximize_protocol(settings: DemoSettings) -> MaximizeProtocol:
+    return MaximizeProtocol.model_validate({
+        "protocol": "maximize", "seed": 99, "timing": {"on_frames": 4, "off_frames": 4},
+        "heldout": {"n_images": 40, "repeats": 3}, "match": {"min_score": 0.3},
+        "n_per_neuron": settings.max_per_neuron, "n_random": settings.max_random, "repeats": settings.max_repeats,
+        "synth": {"steps": settings.synth_steps, "timeout_s": 900}, "analysis": {"n_permutations": 500}})
 
 
 async def score_session(rpc: str, session: str, images: np.ndarray, truth: np.ndarray) -> dict[str, Any]:
@@ -225,8 +202,9 @@ async def heldout_r2er(rpc: str, session: str, path: Path) -> dict[str, Any]:
             "heldout_images": len(ids), "heldout_repeats": int(raw.shape[2])}
 
 
-def causal_truth(path: Path, truth_model: Any) -> dict[str, Any]:
+async def causal_truth(path: Path, session: Session) -> dict[str, Any]:
     """Percent change of the ground-truth rate: each neuron's own maximizing images vs random normal."""
+    assert session.rig is not None
     with SessionReader(path) as reader:
         docs = list(reader.documents())
         images = reader.images()
@@ -239,14 +217,14 @@ def causal_truth(path: Path, truth_model: Any) -> dict[str, Any]:
         if image not in by_cond[cond]:
             by_cond[cond].append(image)
     base_ids = by_cond.get("random_normal", [])
-    base = truth_model.rates(np.stack([images[i] for i in base_ids])).mean(0)
+    base = (await session.rig.rates(np.stack([images[i] for i in base_ids]))).mean(0)
     out: dict[str, Any] = {}
     for kind in ("max_normal", "max_synth"):
         per_neuron = {}
         for cond, ids in by_cond.items():
             if cond.startswith(kind + "/neuron="):
                 j = int(cond.split("=", 1)[1])
-                rate = truth_model.rates(np.stack([images[i] for i in ids]))[:, j].mean()
+                rate = (await session.rig.rates(np.stack([images[i] for i in ids])))[:, j].mean()
                 per_neuron[j] = float(100 * (rate - base[j]) / base[j])
         out[kind] = {"mean_percent_change": float(np.mean(list(per_neuron.values()))) if per_neuron else None,
                      "per_neuron": per_neuron}
@@ -259,49 +237,41 @@ def causal_truth(path: Path, truth_model: Any) -> dict[str, Any]:
 
 
 async def run_demo(data: Path | None, out: Path, *, sessions: int | None = None, device: str = "auto",
-                   console: Console | None = None, settings: DemoSettings | None = None) -> Summary:
+                   ground_truth: str | None = None, console: Console | None = None,
+                   settings: DemoSettings | None = None) -> Summary:
     console = console or Console()
     t0 = time.monotonic()
     settings = settings or DemoSettings.for_device(detect_device(device), sessions)
-    if data is not None and not (data / "compact_models").is_dir() and not (data / "images").is_dir():
+    if data is not None and not has_v4(data):
         console.print(f"[yellow]no V4 data at {data}; using the synthetic population and images[/yellow]")
         data = None
-    lib, held = library(data, settings)
-    truth_model, truth_name = ground_truth(data, settings, lib.images[:256])
-    truth_held = truth_model.rates(held)
-    summary = Summary(ground_truth=truth_name, device=settings.device, settings=asdict(settings))
-    console.print(f"[bold]cortexloop demo[/bold]: {truth_name}; {len(lib)} images ({lib.name}); "
-                  f"device {settings.device}; output in {out}")
-    cfg = RunConfig(out_dir=out, rig="demo", subject="virtual")
-    with modelserver_process(out / "modelserver", settings, data) as (rpc, events):
-        for k in range(settings.sessions):
-            sid = f"demo-{k + 1}-sysid"
-            proto = SysidProtocol.model_validate({
-                "protocol": "sysid", "seed": k + 1, "n_blocks": settings.blocks, "normal": settings.normal,
-                "gaudy": settings.gaudy, "timing": {"on_frames": 4, "off_frames": 4}, "retrain": "both",
-                "active": {"n_images": settings.active, "start_block": 0 if k else 1, "timeout_s": 300},
-                "heldout": {"block_id": "heldout", "n_images": settings.heldout_images,
-                            "repeats": settings.heldout_repeats, "seed": 7},
-                "prefetch": False})
-            stop, path = await run_session(cfg.model_copy(update={"session_id": sid}), proto, lib, truth_model, rpc, events,
-                                    settings, console)
-            score = await score_session(rpc, model_session(sid), held, truth_held)
-            score.update(await heldout_r2er(rpc, model_session(sid), path))
-            summary.sessions.append({"session": sid, "file": str(path), "exit": stop.exit_status,
-                                     "trials": stop.n_trials, **score})
-            r2 = score.get("r2_er_median")
-            console.print(f"session {k + 1}: {stop.n_trials} trials; held-out median r vs ground truth "
-                          f"{score['median_r']:.3f}" + ("" if r2 is None else f"; r2_ER {r2:.3f}"))
-        sid = "demo-maximize"
-        maximize = MaximizeProtocol.model_validate({
-            "protocol": "maximize", "seed": 99, "timing": {"on_frames": 4, "off_frames": 4},
-            "heldout": {"n_images": 40, "repeats": 3}, "match": {"min_score": 0.3},
-            "n_per_neuron": settings.max_per_neuron, "n_random": settings.max_random, "repeats": settings.max_repeats,
-            "synth": {"steps": settings.synth_steps, "timeout_s": 900}, "analysis": {"n_permutations": 500}})
-        stop, path = await run_session(cfg.model_copy(update={"session_id": sid}), maximize, lib, truth_model, rpc, events,
-                                settings, console)
-        summary.causal = {"session": sid, "file": str(path), "exit": stop.exit_status,
-                          **causal_truth(path, truth_model)}
+    cfg = demo_config(out, settings, data, ground_truth)
+    summary = Summary(ground_truth="", device=settings.device, settings=asdict(settings))
+    truth_held: np.ndarray | None = None
+    for k in range(settings.sessions):
+        sid = f"demo-{k + 1}-sysid"
+        async with assemble(cfg.model_copy(update={"session_id": sid}), sysid_protocol(k, settings)) as s:
+            assert s.rig is not None and s.model_endpoints is not None
+            if truth_held is None:
+                status = await s.rig.status()
+                summary.ground_truth = status.description
+                console.print(f"[bold]cortexloop demo[/bold]: {status.description}; {len(s.images)} images "
+                              f"({s.images.name}); device {settings.device}; output in {out}")
+                truth_held = await s.rig.rates(s.heldback)
+            stop = await run_session(s, console)
+            rpc = s.model_endpoints[0]
+            score = await score_session(rpc, model_session(sid), s.heldback, truth_held)
+            score.update(await heldout_r2er(rpc, model_session(sid), s.path))
+        summary.sessions.append({"session": sid, "file": str(s.path), "exit": stop.exit_status,
+                                 "trials": stop.n_trials, **score})
+        r2 = score.get("r2_er_median")
+        console.print(f"session {k + 1}: {stop.n_trials} trials; held-out median r vs ground truth "
+                      f"{score['median_r']:.3f}" + ("" if r2 is None else f"; r2_ER {r2:.3f}"))
+    sid = "demo-maximize"
+    async with assemble(cfg.model_copy(update={"session_id": sid}), maximize_protocol(settings)) as s:
+        stop = await run_session(s, console)
+        summary.causal = {"session": sid, "file": str(s.path), "exit": stop.exit_status,
+                          **await causal_truth(s.path, s)}
     summary.seconds = time.monotonic() - t0
     (out / "summary.json").write_text(json.dumps(asdict(summary), indent=2))
     from controller.report import write_report
@@ -313,22 +283,13 @@ async def run_demo(data: Path | None, out: Path, *, sessions: int | None = None,
     return summary
 
 
-async def run_session(cfg: RunConfig, proto: Any, lib: ImageLibrary, truth_model: Any, rpc: str, events: str,
-               settings: DemoSettings, console: Console) -> tuple[Any, Path]:
+async def run_session(session: Session, console: Console) -> Any:
+    """Run an assembled session's protocol with progress on the terminal."""
     from controller.progress import SessionProgress
 
-    assert cfg.session_id is not None
-    async with open_session(cfg, name=proto.protocol, images=lib, rate_model=truth_model) as s:
-        link = ZmqModelLink(rpc, events, session_id=cfg.session_id, pixels=lambda i: s.engine.pixels[i],
-                            base_images=lambda n, seed: [lib.images[i] for i in lib.take(n, seed)],
-                            pool_crops=settings.pool_crops, block_epochs=settings.epochs_block,
-                            session_epochs=settings.epochs_session, timeout=60)
-        s.engine.models = link
-        with SessionProgress(console) as progress:
-            s.engine.on_status(progress.update)
-            async with link:
-                stop = await s.engine.run(proto.plan(), protocol=proto.model_dump(mode="json"))
-        return stop, s.path
+    with SessionProgress(console) as progress:
+        session.engine.on_status(progress.update)
+        return await session.run()
 
 
 def print_summary(summary: Summary, console: Console) -> None:
@@ -352,6 +313,7 @@ def print_summary(summary: Summary, console: Console) -> None:
     console.print(table)
 
 
-def main(data: Path | None, out: Path, sessions: int | None, device: str) -> Summary:
+def main(data: Path | None, out: Path, sessions: int | None, device: str,
+         ground_truth: str | None = None) -> Summary:
     out.mkdir(parents=True, exist_ok=True)
-    return asyncio.run(run_demo(data, out, sessions=sessions, device=device))
+    return asyncio.run(run_demo(data, out, sessions=sessions, device=device, ground_truth=ground_truth))

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import logging
 from collections.abc import AsyncIterator, Sequence
+from typing import Any
 
 import numpy as np
 import zmq.asyncio
@@ -81,3 +82,43 @@ class StimLink:
     async def events(self) -> AsyncIterator[TrialEvent]:
         async for ev in self._events:
             yield ev
+
+
+class RigLink:
+    """The controller's side of a virtual rig (``python -m virtualrig``): it is sent the pixels of
+    every image loaded into the stimserver, as a monkey would see them on the screen. ``rates`` asks
+    for the rig's ground truth and is only for scoring (the demo), never for the engine."""
+
+    def __init__(self, rpc_endpoint: str, *, timeout: float = 120.0, curve: CurveClient | None = None) -> None:
+        self.client = RpcClient(rpc_endpoint, timeout=timeout, curve=curve)
+        self._sent: set[str] = set()
+
+    async def __aenter__(self) -> RigLink:
+        self.client.connect()
+        return self
+
+    async def __aexit__(self, *exc: object) -> None:
+        await self.client.close()
+
+    async def load(self, ids: Sequence[str], pixels: Sequence[np.ndarray], chunk: int = 128) -> None:
+        """Send the images the rig has not been sent yet (it computes their rates before the block)."""
+        from wire.acq import RigImagesLoaded, RigLoadImages
+
+        new = [(i, p) for i, p in zip(ids, pixels, strict=True) if i not in self._sent]
+        for k in range(0, len(new), chunk):
+            part = new[k:k + chunk]
+            await self.client.request(RigLoadImages(images=np.stack([p for _, p in part])), RigImagesLoaded)
+            self._sent.update(i for i, _ in part)
+
+    async def status(self) -> Any:
+        from wire.acq import RigStatus, RigStatusReply
+
+        return await self.client.request(RigStatus(), RigStatusReply, timeout=10.0)
+
+    async def rates(self, images: np.ndarray, chunk: int = 200) -> np.ndarray:
+        """The rig's firing rates (images, units) for uint8 images (N, H, W, 3): ground truth, for scoring."""
+        from wire.acq import RigRates, RigRatesReply
+
+        parts = [np.asarray((await self.client.request(RigRates(images=images[k:k + chunk]), RigRatesReply)).rates)
+                 for k in range(0, len(images), chunk)]
+        return np.concatenate(parts) if parts else np.zeros((0, 0), np.float32)

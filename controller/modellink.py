@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import math
 from collections.abc import Callable, Sequence
 from typing import Any
 
@@ -37,7 +38,7 @@ from protocols.steps import (
     SmoothParams,
 )
 from wire.documents import PickDoc, ResponseDoc, TrialDoc
-from wire.errors import InvalidRequest, ModelError, RequestTimeout
+from wire.errors import InvalidRequest, ModelError, RequestTimeout, ServerUnavailable
 from wire.generate import (
     GenActive,
     GenAdversarial,
@@ -65,7 +66,8 @@ from wire.transport import EventSubscriber, RpcClient
 
 log = logging.getLogger(__name__)
 
-ProgressFn = Callable[[str, dict[str, Any]], None]
+#: called with each progress payload of a job (see :meth:`ZmqModelLink.retrain`)
+ProgressFn = Callable[[dict[str, Any]], None]
 
 
 def model_session(session_id: str) -> str:
@@ -80,9 +82,10 @@ class ZmqModelLink:
     def __init__(self, rpc: str, events: str, *, session_id: str, pixels: Callable[[str], np.ndarray],
                  base_images: Callable[[int, int], list[np.ndarray]], timeout: float = 30.0,
                  pool: str = "session-pool", pool_crops: int = 2000,
-                 block_epochs: int = 5, session_epochs: int | None = None,
-                 on_progress: ProgressFn | None = None) -> None:
+                 block_epochs: int = 5, session_epochs: int | None = None) -> None:
         self.client = RpcClient(rpc, timeout=timeout)
+        #: seconds a ping may take before the modelserver counts as down
+        self.ping_timeout = 5.0
         self.events_endpoint = events
         self.session = model_session(session_id)
         self.pixels = pixels
@@ -91,7 +94,6 @@ class ZmqModelLink:
         self.pool_crops = pool_crops
         self.block_epochs = block_epochs
         self.session_epochs = session_epochs
-        self.on_progress = on_progress
         self.units: list[str] | None = None
         #: recorded neuron -> (model session, model neuron), set by match()
         self.matched: dict[int, tuple[str, int]] = {}
@@ -120,10 +122,19 @@ class ZmqModelLink:
             self.units = sorted((u for u, n in seen.items() if n >= 0.9 * top), key=natural_key)
         return self.units
 
+    async def _reachable(self) -> None:
+        """Fail fast (``ServerUnavailable``) when the modelserver does not answer a ping: a server
+        that died or restarts is found out in seconds, not after a long request's timeout."""
+        try:
+            await self.client.ping(timeout=self.ping_timeout)
+        except RequestTimeout as exc:
+            raise ServerUnavailable(f"the modelserver at {self.client.endpoint} does not answer") from exc
+
     async def ingest(self, session_id: str, trials: list[tuple[TrialDoc, ResponseDoc]],
                      images: dict[str, np.ndarray], heldout: bool) -> IngestResult:
         if heldout:  # kept for matching, never trained on
             return IngestResult(n_images=0, n_trials=0, dataset_version="heldout-not-ingested")
+        await self._reachable()
         units = self._neurons([r for _, r in trials])
         ids, rows = [], []
         for t, r in trials:
@@ -145,8 +156,27 @@ class ZmqModelLink:
                             dataset_version=f"{self.session}:{reply.total_trials}")
 
     # -- retrain ------------------------------------------------------------------------------------
-    async def retrain(self, step: Retrain) -> RetrainResult:
+    async def retrain(self, step: Retrain, progress: ProgressFn | None = None) -> RetrainResult:
+        """Train the model and (``step.wait``) wait for the new version.
+
+        ``progress`` is called with a payload for each ``TrainProgress`` event of this job and once
+        more when it is done: ``task`` ("retrain"), ``scope``, ``epoch``, ``max_epochs`` (None: the
+        modelserver's default), ``fraction`` (0..1), ``val_r``, ``loss`` (None where unknown) and
+        ``model_version`` (None until done). A failing callback is logged, never fatal to training.
+        """
         epochs = step.max_epochs or (self.block_epochs if step.scope == "block" else self.session_epochs)
+        last: dict[str, Any] = {"epoch": None, "val_r": None, "loss": None}
+
+        def report(fraction: float, model_version: str | None = None) -> None:
+            if progress is None:
+                return
+            try:
+                progress({"task": "retrain", "scope": step.scope, "max_epochs": epochs,
+                          "fraction": min(1.0, max(0.0, fraction)), "model_version": model_version, **last})
+            except Exception:  # progress is for people watching; training goes on without it
+                log.exception("retrain progress callback failed")
+
+        await self._reachable()
         sub = EventSubscriber(self.events_endpoint, [TrainProgress, TrainDone])
         try:
             job = await self.client.request(Train(max_epochs=epochs), JobStarted)
@@ -157,9 +187,11 @@ class ZmqModelLink:
                     try:
                         ev = await sub.recv(timeout=5.0)
                     except RequestTimeout:
+                        await self._reachable()  # a server that died mid-training ends the wait
                         continue  # long epochs: keep waiting up to the step's timeout
-                    if isinstance(ev, TrainProgress) and ev.job_id == job.job_id and self.on_progress:
-                        self.on_progress("model", {"task": "retrain", "epoch": ev.epoch, "val_r": ev.val_r})
+                    if isinstance(ev, TrainProgress) and ev.job_id == job.job_id:
+                        last.update(epoch=ev.epoch, val_r=_finite(ev.val_r), loss=_finite(ev.train_loss))
+                        report(ev.epoch / epochs if epochs else 0.0)
                     if isinstance(ev, TrainDone) and ev.job_id == job.job_id:
                         if ev.status != "done":
                             raise ModelError(f"training {ev.status}")
@@ -171,6 +203,11 @@ class ZmqModelLink:
         versions = await self.client.request(ListVersions(), Versions)
         self.version = versions.current
         info = next((v for v in versions.versions if v.version == versions.current), None)
+        if info is not None:  # the new version's own numbers
+            last["epoch"] = info.epochs
+            if _finite(info.val_r) is not None:
+                last["val_r"] = _finite(info.val_r)
+        report(1.0, self.version)
         return RetrainResult(scope=step.scope, model_version=self.version or "none",
                              heldout_score=info.val_r if info else None)
 
@@ -182,6 +219,7 @@ class ZmqModelLink:
             self._pool_ready = True
 
     async def generate(self, step: GenerateImages, seed: int) -> Generated:
+        await self._reachable()
         p = step.params
         n = step.n_images or 1
         cmd: Any
@@ -271,6 +309,7 @@ class ZmqModelLink:
     async def match(self, step: MatchModels, data: TrialData, image_ids: list[str]) -> MatchResult:
         """Match each recorded neuron to the best model neuron of any session the current version
         predicts (Cowley et al.: models fitted on earlier days, chosen by held-out prediction)."""
+        await self._reachable()
         versions = await self.client.request(ListVersions(), Versions)
         info = next((v for v in versions.versions if v.version == versions.current), None)
         if info is None:
@@ -296,6 +335,11 @@ class ZmqModelLink:
         if step.max_neurons is not None:
             matches = matches[:step.max_neurons]
         return MatchResult(matches=matches, n_neurons=data.n_neurons)
+
+
+def _finite(x: float | None) -> float | None:
+    """``x`` as a float, or None when it is missing or not finite (JSON has no NaN)."""
+    return float(x) if x is not None and math.isfinite(x) else None
 
 
 def _pearson(y: np.ndarray, p: np.ndarray) -> float | None:

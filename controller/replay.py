@@ -20,7 +20,6 @@ settings give the same model metrics and picks (the modelserver starts empty for
 from __future__ import annotations
 
 import asyncio
-import contextlib
 from collections.abc import AsyncIterator
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -29,14 +28,12 @@ from typing import Any
 import numpy as np
 
 from controller.acquisition.base import AcquisitionSource, Item
-from controller.acquisition.binning import Binner, ClosedTrial
-from controller.config import RunConfig, StimConfig
-from controller.engine import Engine, EngineConfig, ModelLink
+from controller.acquisition.binning import ClosedTrial
+from controller.config import BusConfig, ImagesConfig, ModelConfig, RunConfig, StimConfig
 from controller.images import ImageLibrary
-from controller.links import StimLink
-from controller.store import SessionReader, SessionWriter
+from controller.store import SessionReader
 from protocols.library import PROTOCOL_ADAPTER, ProtocolBase
-from protocols.steps import GenerateImages, Plan, PresentBlock, Result, Step
+from protocols.steps import GenerateImages, Plan, PresentBlock, Step
 from wire.documents import BlockDoc, ModelVersionDoc, PickDoc, ResponseDoc, StartDoc, StopDoc
 from wire.errors import InvalidRequest, StoreError
 from wire.stim import TrialEvent
@@ -108,7 +105,7 @@ class Recording:
         return ImageLibrary(np.stack([self.images[i] for i in ids]), ids, name=f"replay of {self.session_id}")
 
 
-class _Silent(AcquisitionSource):
+class SilentSource(AcquisitionSource):
     """No acquisition stream: the recording answers every trial (never silent, never done)."""
 
     name = "replay"
@@ -136,17 +133,28 @@ def _with_policy(step: Step, policy: str) -> Step:
 
 
 def replay_plan(plan: Plan, recording: Recording, policy: str | None = None) -> Plan:
-    """The protocol's plan, ending at the first block the recording does not hold."""
-    result: Result | None = None
+    """The protocol's plan, ending at the first block the recording does not hold.
+
+    An error the engine throws into this plan (a failed step) is thrown into the protocol's own
+    plan, so a protocol that handles it (e.g. catches ``AcquisitionError``) does so under replay too.
+    """
+    pending: tuple[str, Any] = ("send", None)
     while True:
+        how, value = pending
         try:
-            step = plan.send(result) if result is not None else next(plan)
+            step = plan.throw(value) if how == "throw" else plan.send(value)
         except StopIteration:
             return
         if isinstance(step, PresentBlock) and recording.block(step.block_id) is None:
             plan.close()
             return
-        result = yield _with_policy(step, policy) if policy is not None else step
+        try:
+            pending = ("send", (yield _with_policy(step, policy) if policy is not None else step))
+        except GeneratorExit:
+            plan.close()
+            raise
+        except BaseException as exc:
+            pending = ("throw", exc)
 
 
 # --- running ---------------------------------------------------------------------------------------
@@ -158,64 +166,62 @@ class ReplayOutcome:
     comparison: dict[str, Any] = field(default_factory=dict)
 
 
-def _stim_config(out_dir: Path) -> RunConfig:
-    # the display-free presenter, flipping as fast as it can (no point waiting frames offline)
-    return RunConfig(out_dir=out_dir, stim=StimConfig(presenter="fake", extra_args=["--no-fake-realtime"]))
+def replay_config(out_dir: Path, model: ModelConfig | None = None, images: ImagesConfig | None = None) -> RunConfig:
+    """The assembly's configuration for a replay: the display-free presenter flipping as fast as it
+    can (no point waiting frames offline), no bus, and the given modelserver (default: none)."""
+    return RunConfig(out_dir=out_dir, stim=StimConfig(presenter="fake", extra_args=["--no-fake-realtime"]),
+                     model=model or ModelConfig(kind="none"), images=images or ImagesConfig(),
+                     bus=BusConfig(broker="none"))
 
 
-def _new_store(path: Path) -> SessionWriter:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    return SessionWriter.create(path)
+def recorded_images(recording: Recording, v4_dir: Path | None = None) -> ImageLibrary:
+    """The image library the recorded session drew from (its rig file's ``images``, with ``v4_dir``
+    in place of the recorded folder when given), or the recording's own images when that is gone."""
+    from pydantic import ValidationError
+
+    from controller.assembly import build_images
+
+    try:
+        images = ImagesConfig.model_validate(recording.start.config.get("images") or {})
+    except ValidationError:
+        return recording.library()
+    if v4_dir is not None:
+        images = images.model_copy(update={"v4_dir": v4_dir, "pool": None})
+    if (images.pool is None and images.v4_dir is None) or not Path(images.v4_dir or images.pool or "").exists():
+        return recording.library()
+    return build_images(RunConfig(images=images, seed=recording.seed))[0]
 
 
-async def replay_session(source: str | Path, out_dir: Path, *, models: ModelLink | None = None,
+async def replay_session(source: str | Path, out_dir: Path, *, model: ModelConfig | None = None,
                          policy: str | None = None, seed: int | None = None, session_id: str | None = None,
-                         stim: tuple[str, str] | None = None,
-                         link_factory: Any = None, on_status: Any = None) -> ReplayOutcome:
+                         images: ImageLibrary | None = None, stim: tuple[str, str] | None = None,
+                         on_status: Any = None) -> ReplayOutcome:
     """Replay one session file into ``out_dir/<session_id>.h5`` (default ``<original>.replay[-policy]``).
 
-    ``models``: the model link (None: no modelserver; model steps then fail as in a live session
-    without one). ``link_factory(session_id, engine)`` builds one instead, once the engine exists.
-    ``stim``: (rpc, events) of a running stimserver (None: start a display-free one).
+    It goes through the one assembly (:func:`controller.assembly.assemble`) with the recording in
+    place of the acquisition source. ``model``: the modelserver (default none: model steps then
+    fail or fall back as in a live session without one). ``images``: the library that base images
+    are drawn from (default: the recorded session's, see :func:`recorded_images`). ``stim``:
+    (rpc, events) of a running stimserver (None: start a display-free one).
     """
+    from controller.assembly import assemble
+
     if policy is not None and policy not in POLICIES:
         raise InvalidRequest(f"unknown policy {policy!r}: choose one of {', '.join(POLICIES)}")
     recording = Recording(source)
     proto = recording.protocol()
     sid = session_id or f"{recording.session_id}.replay" + (f"-{policy}" if policy else "")
-    path = out_dir / f"{sid}.h5"
-    store = _new_store(path)
-    try:
-        async with _stim(stim, out_dir) as (rpc, events), StimLink(rpc, events) as link:
-            engine = Engine(EngineConfig(session_id=sid, rig=recording.start.rig, subject=recording.start.subject,
-                                         seed=recording.seed if seed is None else seed),
-                            store=store, stim=link, source=_Silent(), binner=Binner(), images=recording.library(),
-                            models=models)
-            engine.recording = recording
-            if on_status is not None:
-                engine.on_status(on_status)
-            config = {**recording.start.config, "replay_of": {"file": str(recording.path), "session_id":
-                      recording.session_id, "start_uid": recording.start.uid, "policy": policy}}
-            cm = link_factory(sid, engine) if link_factory is not None else contextlib.nullcontext()
-            async with cm as made:
-                if made is not None:
-                    engine.models = made
-                stop = await engine.run(replay_plan(proto.plan(), recording, policy),
-                                        protocol=proto.model_dump(mode="json"), configuration=config)
-    finally:
-        store.close()
-    return ReplayOutcome(recording.path, path, stop, compare(recording.path, path))
-
-
-@contextlib.asynccontextmanager
-async def _stim(given: tuple[str, str] | None, out_dir: Path) -> AsyncIterator[tuple[str, str]]:
-    if given is not None:
-        yield given
-        return
-    from controller.runner import stimserver
-
-    async with stimserver(_stim_config(out_dir)) as endpoints:
-        yield endpoints
+    cfg = replay_config(out_dir, model).model_copy(update={
+        "session_id": sid, "seed": recording.seed if seed is None else seed, "rig": recording.start.rig,
+        "subject": recording.start.subject})
+    if stim is not None:
+        cfg.stim = StimConfig(rpc=stim[0], events=stim[1])
+    record = {"replay_of": {"file": str(recording.path), "session_id": recording.session_id,
+                            "start_uid": recording.start.uid, "policy": policy}}
+    async with assemble(cfg, proto, recording=recording, images=images or recorded_images(recording),
+                        record=record, on_status=on_status) as s:
+        stop = await s.run(replay_plan(proto.plan(), recording, policy))
+    return ReplayOutcome(recording.path, s.path, stop, compare(recording.path, s.path))
 
 
 # --- comparing a replay with its recording ------------------------------------------------------------

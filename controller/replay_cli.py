@@ -3,24 +3,26 @@
 A modelserver is started (on an empty data folder under ``OUT/modelserver``, so each replay
 learns from nothing but the replayed files) when a file's protocol has model steps, with the
 demo's settings for the device; ``--modelserver RPC,EVENTS`` uses a running one instead.
-Files are replayed in the order given, against the same modelserver, as the sessions were run.
+Files are replayed in the order given, each through the one assembly, sharing the modelserver's
+data folder as the sessions did.
 """
 
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import json
-from collections.abc import Iterator, Sequence
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
 from rich.console import Console
 from rich.table import Table
 
+from controller.config import ModelConfig
 from controller.replay import ReplayOutcome, replay_session
 from controller.store import SessionReader
 from wire.documents import StepDoc
+from wire.errors import InvalidRequest, StoreError
 
 MODEL_STEPS = frozenset({"ingest", "retrain", "generate_images", "match_models"})
 
@@ -33,68 +35,48 @@ def needs_models(files: Sequence[Path]) -> bool:
     return False
 
 
-@contextlib.contextmanager
-def _modelserver(spec: str, out: Path, data: Path | None, settings: Any) -> Iterator[tuple[Any, Any]]:
-    """(endpoints or None, settings) for ``spec``: none, start, or 'RPC,EVENTS'."""
+def model_config(spec: str, out: Path, settings: Any, v4_dir: Path | None) -> ModelConfig:
+    """The modelserver of a replay: ``none``, ``start`` (on an empty ``OUT/modelserver``) or 'RPC,EVENTS'."""
     if spec == "none":
-        yield None, settings
-    elif spec == "start":
-        from controller.demo import modelserver_process
-
+        return ModelConfig(kind="none")
+    if spec == "start":
         folder = out / "modelserver"
         if folder.exists() and any(folder.iterdir()):
-            from wire.errors import StoreError
-
             raise StoreError(f"{folder} holds an earlier replay's model data: choose another --out")
-        with modelserver_process(folder, settings, data) as endpoints:
-            yield endpoints, settings
-    else:
-        rpc, _, events = spec.partition(",")
-        if not events:
-            from wire.errors import InvalidRequest
-
-            raise InvalidRequest("--modelserver takes 'none', 'start' or 'RPC,EVENTS'")
-        yield (rpc, events), settings
+        return ModelConfig(kind="start", data_dir=folder, device=settings.device, members=settings.members,
+                           max_epochs=settings.epochs_session, block_epochs=settings.epochs_block,
+                           session_epochs=settings.epochs_session, pool_crops=settings.pool_crops, v4_dir=v4_dir)
+    rpc, _, events = spec.partition(",")
+    if not rpc or not events:
+        raise InvalidRequest("--modelserver takes 'auto', 'none', 'start' or 'RPC,EVENTS'")
+    return ModelConfig(kind="connect", rpc=rpc, events=events, pool_crops=settings.pool_crops,
+                       block_epochs=settings.epochs_block, session_epochs=settings.epochs_session)
 
 
 def run_replay(files: Sequence[Path], out: Path, *, policy: str | None, modelserver: str, data: Path | None,
                device: str, seed: int | None, console: Console, settings: Any = None) -> list[ReplayOutcome]:
-    """Replay ``files`` in order into ``out``; ``settings``: the modelserver's (default: the demo's)."""
+    """Replay ``files`` in order into ``out``; ``settings``: the modelserver's (default: the demo's).
+
+    A started modelserver keeps its data folder from one file to the next, as the sessions did."""
     from controller.demo import DemoSettings, detect_device
     from controller.progress import SessionProgress
+    from controller.replay import Recording, recorded_images
 
     settings = settings or DemoSettings.for_device(detect_device(device), None)
-
     spec = modelserver if modelserver != "auto" else ("start" if needs_models(files) else "none")
-    lib: Any = None
+    model = model_config(spec, out, settings, data)
     outcomes: list[ReplayOutcome] = []
-    with _modelserver(spec, out, data, settings) as (endpoints, settings):
-        if data is not None and endpoints is not None:
-            from controller.demo import library
-
-            lib, _ = library(data, settings)  # the demo's image library: the same pool as its sessions
-
-        def link_factory(sid: str, engine: Any) -> Any:
-            if endpoints is None:
-                return contextlib.nullcontext()
-            from controller.modellink import ZmqModelLink
-
-            images = lib if lib is not None else engine.images
-            return ZmqModelLink(endpoints[0], endpoints[1], session_id=sid, pixels=lambda i: engine.pixels[i],
-                                base_images=lambda n, s: [images.images[i] for i in images.take(n, s)],
-                                pool_crops=settings.pool_crops, block_epochs=settings.epochs_block,
-                                session_epochs=settings.epochs_session, timeout=60)
-
-        for f in files:
-            with SessionProgress(console) as progress:
-                outcome = asyncio.run(replay_session(f, out, policy=policy, seed=seed, link_factory=link_factory,
-                                                     on_status=progress.update))
-            outcomes.append(outcome)
-            summary = out / f"{outcome.path.stem}.comparison.json"
-            summary.write_text(json.dumps({"source": str(f), "replay": str(outcome.path),
-                                           "stop": outcome.stop.model_dump(mode="json"), **outcome.comparison},
-                                          indent=2))
-            print_outcome(outcome, console)
+    for f in files:
+        images = recorded_images(Recording(f), data)
+        with SessionProgress(console) as progress:
+            outcome = asyncio.run(replay_session(f, out, model=model, policy=policy, seed=seed, images=images,
+                                                 on_status=progress.update))
+        outcomes.append(outcome)
+        summary = out / f"{outcome.path.stem}.comparison.json"
+        summary.write_text(json.dumps({"source": str(f), "replay": str(outcome.path),
+                                       "stop": outcome.stop.model_dump(mode="json"), **outcome.comparison},
+                                      indent=2))
+        print_outcome(outcome, console)
     return outcomes
 
 

@@ -21,9 +21,9 @@ app = typer.Typer(help="The cortexloop model server (datasets, ensemble, compact
 @app.command("serve")
 def serve_cmd(
     data_dir: Path = typer.Option(Path("modelserver-data"), help="training set and model versions live here"),
-    endpoint: str = typer.Option("tcp://127.0.0.1:5560", help="RPC endpoint to bind"),
-    events: str = typer.Option("tcp://127.0.0.1:5561", help="event (PUB) endpoint to bind"),
-    device: str = typer.Option("cpu", help="torch device: cpu, cuda, cuda:1, ..."),
+    endpoint: str = typer.Option("tcp://127.0.0.1:5570", help="RPC endpoint to bind"),
+    events: str = typer.Option("tcp://127.0.0.1:5571", help="event (PUB) endpoint to bind"),
+    device: str = typer.Option("auto", help="torch device: auto (a GPU when there is one), cpu, cuda, cuda:1, ..."),
     threads: int = typer.Option(0, help="torch CPU threads (0: torch's default)"),
     members: int = typer.Option(4, help="ensemble members"),
     max_epochs: int = typer.Option(30, help="epochs per training job at most"),
@@ -33,12 +33,17 @@ def serve_cmd(
     """Serve ``wire.model`` commands until interrupted."""
     logging.basicConfig(level=logging.INFO if verbose else logging.WARNING,
                         format="%(asctime)s %(name)s %(levelname)s %(message)s")
+    if device == "auto":
+        import torch
+
+        device = "cuda" if torch.cuda.is_available() else "cpu"
     cfg = ModelServerConfig(data_dir=data_dir, endpoint=endpoint, events_endpoint=events, device=device,
                             threads=threads or None, v4_dir=v4_dir,
                             ensemble=EnsembleConfig(members=members, max_epochs=max_epochs))
 
     def ready(server: ModelServer) -> None:
-        print(f"modelserver ready on {server.endpoint} events {server.events_endpoint}", flush=True)
+        print(f"modelserver ready rpc={server.endpoint} events={server.events_endpoint} device={server.device}",
+              flush=True)
 
     try:
         asyncio.run(serve(cfg, ready))

@@ -412,7 +412,8 @@ class RetrainResult(Result):
     kind: Literal["retrain_result"] = "retrain_result"
     scope: Literal["block", "session"]
     model_version: str
-    status: Literal["done", "started"] = "done"
+    status: Literal["done", "started", "skipped"] = Field(
+        default="done", description="skipped: the modelserver could not train (an event says why)")
     heldout_score: float | None = Field(default=None, description="median held-out score, if any")
 
 

@@ -1,0 +1,356 @@
+"""One assembly: a running session built from a rig configuration, torn down whatever happens.
+
+``cortexloop run``, ``cortexloop demo`` and ``cortexloop replay`` all go through :func:`assemble`.
+The parts are built first, each from its section of :class:`~controller.config.RunConfig`
+(started here as a child process, or reached at its endpoints), then connected in one place:
+
+============  ==========================================================================
+stimserver    ``stim``: a ``python -m stimserver`` child, or a running server's endpoints
+modelserver   ``model``: a ``python -m modelserver serve`` child on a persistent data folder,
+              a running server's endpoints, or none (model-made image sets fall back)
+acquisition   ``acquisition``: a ``python -m virtualrig`` child streaming over LSL (the
+              embedded default), a rig's LSL streams, or Open Ephys; the sync channel
+              named there builds the clock map from stimulus onsets to acquisition time
+images        ``images``: a pool file, a V4-layout folder, or synthetic images
+bus           ``bus``: the embedded MQTT broker, a lab's broker, or none
+============  ==========================================================================
+
+A replay passes its recording (blocks as recorded; recorded counts answer in place of an
+acquisition source); tests pass ``source_factory`` to use an in-process rig. The controller
+never holds the ground truth: a virtual rig is reached only through its RPC (it is sent the
+pixels of the images loaded into the stimserver, and a scorer may ask it for its rates).
+
+A session file that already exists is resumed (``resume=True``), never overwritten; a session
+that fails before its start document is written leaves no file behind.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import logging
+import time
+import uuid
+from collections.abc import AsyncIterator, Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from controller.acquisition.base import AcquisitionSource
+from controller.acquisition.binning import Binner, BinningConfig
+from controller.acquisition.clock import ClockMap, ClockSync
+from controller.children import Child
+from controller.config import RunConfig
+from controller.engine import Engine, EngineConfig, ModelLink, Recording
+from controller.images import ImageLibrary, synthetic_images
+from controller.links import RigLink, StimLink
+from controller.store import SessionReader, SessionWriter
+from protocols.library import ProtocolBase
+from protocols.steps import Plan
+from wire.documents import StartDoc, StopDoc
+from wire.errors import DisplayError, StoreError
+
+log = logging.getLogger(__name__)
+
+__all__ = ["Session", "assemble", "build_images", "run_protocol"]
+
+#: (events endpoint of the stimserver, the engine's pixel store) -> an acquisition source
+SourceFactory = Callable[[str, dict[str, np.ndarray]], AcquisitionSource]
+
+
+# --- images ----------------------------------------------------------------------------------------
+def build_images(cfg: RunConfig) -> tuple[ImageLibrary, np.ndarray]:
+    """(the library sessions draw from, the images kept back from it: ``images.holdout``)."""
+    c = cfg.images
+    if c.pool is not None:
+        lib = ImageLibrary.from_pool(c.pool)
+    elif c.v4_dir is not None:
+        sessions = c.v4_sessions or sorted(p.stem.removeprefix("images_")
+                                           for p in (c.v4_dir / "images").glob("images_*.zip"))
+        lib = ImageLibrary.from_v4(c.v4_dir, sessions)
+    else:
+        lib = ImageLibrary(synthetic_images(c.synthetic + c.holdout, seed=cfg.seed), name="synthetic")
+    if not c.holdout:
+        return lib, np.zeros((0, *lib.images.shape[1:]), np.uint8)
+    if c.holdout >= len(lib):
+        raise StoreError(f"images.holdout {c.holdout} leaves nothing of the {len(lib)} images to show")
+    order = np.random.default_rng(c.holdout_seed).permutation(len(lib))
+    held, rest = order[:c.holdout], np.sort(order[c.holdout:])
+    return ImageLibrary(lib.images[rest], [lib.ids[i] for i in rest], name=lib.name), lib.images[held]
+
+
+# --- the running session ---------------------------------------------------------------------------
+@dataclass
+class Session:
+    """The running parts of one session (``async with assemble(...) as session``)."""
+
+    engine: Engine
+    store: SessionWriter
+    path: Path
+    config: RunConfig
+    protocol: ProtocolBase
+    images: ImageLibrary
+    heldback: np.ndarray
+    model_endpoints: tuple[str, str] | None = None
+    rig: RigLink | None = None
+    children: dict[str, Child] = field(default_factory=dict)
+    record: dict[str, Any] = field(default_factory=dict)
+
+    async def run(self, plan: Plan | None = None) -> StopDoc:
+        """Run the protocol's plan (or ``plan``, e.g. a replay's) to its stop document."""
+        return await self.engine.run(plan if plan is not None else self.protocol.plan(),
+                                     protocol=self.protocol.model_dump(mode="json"),
+                                     configuration={**self.config.model_dump(mode="json"), **self.record})
+
+
+@contextlib.asynccontextmanager
+async def assemble(cfg: RunConfig, protocol: ProtocolBase, *, resume: bool = False,
+                   recording: Recording | None = None, source_factory: SourceFactory | None = None,
+                   images: ImageLibrary | None = None, record: dict[str, Any] | None = None,
+                   on_status: Callable[[str, dict[str, Any]], Any] | None = None,
+                   wrap: Callable[[str, Any], Any] | None = None) -> AsyncIterator[Session]:
+    """Build every part ``cfg`` names, connect them, yield the :class:`Session`, tear down.
+
+    ``wrap(name, part)``, when given, may replace a part before the parts are connected (names:
+    ``store``, ``stim``, ``models``, ``source``, ``rig``): a benchmark times them this way."""
+    def w(name: str, part: Any) -> Any:
+        return part if wrap is None or part is None else wrap(name, part)
+
+    session_id = cfg.session_id or f"{time.strftime('%Y%m%d-%H%M%S')}_{cfg.rig}_{protocol.protocol}"
+    path = cfg.out_dir / f"{session_id}.h5"
+    store, docs = _open_store(path, resume)
+    try:
+        async with contextlib.AsyncExitStack() as stack:
+            if images is None:
+                images, heldback = build_images(cfg)
+            else:
+                heldback = np.zeros((0, *images.images.shape[1:]), np.uint8)
+            pixels: dict[str, np.ndarray] = {}
+            children: dict[str, Child] = {}
+            rpc, events = await stack.enter_async_context(_stimserver(cfg, children))
+            stim = await stack.enter_async_context(StimLink(rpc, events))
+            model_eps = await stack.enter_async_context(_modelserver(cfg, children))
+            models: ModelLink | None = None
+            if model_eps is not None:
+                models = await stack.enter_async_context(_model_link(cfg, model_eps, session_id, pixels, images))
+            rig: RigLink | None = None
+            if source_factory is not None:
+                source = source_factory(events, pixels)
+            elif recording is not None:
+                from controller.replay import SilentSource
+
+                source = SilentSource()
+            else:
+                source, rig = await stack.enter_async_context(_acquisition(cfg, events, children, session_id))
+            rig_part = w("rig", rig)
+            engine = Engine(EngineConfig(session_id=session_id, rig=cfg.rig, subject=cfg.subject, seed=cfg.seed,
+                                         refresh_hz=cfg.stim.refresh_hz),
+                            store=w("store", store), stim=w("stim", stim), source=w("source", source),
+                            binner=_binner(cfg), images=images, models=w("models", models), pixels=pixels,
+                            recording=recording, image_listeners=[rig_part.load] if rig_part is not None else [])
+            if on_status is not None:
+                engine.on_status(on_status)
+            if docs:
+                engine.resume_from(docs)
+            if cfg.bus.broker != "none":
+                await stack.enter_async_context(_bus(cfg, engine, protocol.protocol))
+            yield Session(engine, store, path, cfg, protocol, images, heldback, model_eps, rig, children,
+                          dict(record or {}))
+    finally:
+        store.close()
+        if not docs and not _has_start(path):
+            path.unlink(missing_ok=True)  # a start that failed leaves no session file behind
+
+
+async def run_protocol(protocol: ProtocolBase, cfg: RunConfig, *, resume: bool = False,
+                       record: dict[str, Any] | None = None,
+                       on_status: Callable[[str, dict[str, Any]], Any] | None = None) -> tuple[StopDoc, Path]:
+    """Run one protocol as one session (``cortexloop run``); returns its stop document and file."""
+    async with assemble(cfg, protocol, resume=resume, record=record, on_status=on_status) as s:
+        return await s.run(), s.path
+
+
+# --- parts -----------------------------------------------------------------------------------------
+def _open_store(path: Path, resume: bool) -> tuple[SessionWriter, list[Any]]:
+    if path.exists():
+        if not _has_start(path):
+            log.warning("%s holds no start document (a start that failed): replaced", path)
+            path.unlink()
+        elif not resume:
+            raise StoreError(f"{path} exists: pass --resume to continue it")
+        else:
+            with SessionReader(path) as reader:
+                docs = list(reader.documents())
+            return SessionWriter.resume(path), docs
+    path.parent.mkdir(parents=True, exist_ok=True)
+    return SessionWriter.create(path), []
+
+
+def _has_start(path: Path) -> bool:
+    if not path.exists():
+        return False
+    try:
+        with SessionReader(path) as reader:
+            return any(isinstance(d, StartDoc) for d in reader.documents())
+    except Exception:  # unreadable: treated as holding a start, so it is never deleted here
+        return True
+
+
+def _binner(cfg: RunConfig) -> Binner:
+    acq = cfg.acquisition
+    clock: ClockMap | ClockSync | None = None
+    if acq.sync is not None:
+        # LSL timestamps are already on this machine's clock (its time correction): start from the
+        # identity and refine from the pulses; a sample clock (Open Ephys) waits for the first pulses
+        initial = ClockMap.identity() if acq.kind in ("virtual", "lsl") else None
+        clock = ClockSync(acq.sync.channel, tolerance=acq.sync.tolerance, initial=initial)
+    return Binner(BinningConfig(window=acq.window, lateness=acq.lateness), clock=clock)
+
+
+@contextlib.asynccontextmanager
+async def _stimserver(cfg: RunConfig, children: dict[str, Child]) -> AsyncIterator[tuple[str, str]]:
+    if cfg.stim.rpc is not None and cfg.stim.events is not None:
+        yield cfg.stim.rpc, cfg.stim.events
+        return
+    args = ["-m", "stimserver", "--log-level", "WARNING", "--presenter", cfg.stim.presenter,
+            "--rpc", "tcp://127.0.0.1:0", "--events", "tcp://127.0.0.1:0",
+            "--fake-refresh-hz", str(cfg.stim.refresh_hz), *cfg.stim.extra_args]
+    child = await Child.start("stimserver", args, ready="stimserver ready", timeout=60)
+    children["stimserver"] = child
+    try:
+        if " display_error: " in child.ready_line:
+            raise DisplayError("the stimserver could not open its window: "
+                               + child.ready_line.split(" display_error: ", 1)[1])
+        f = child.fields()
+        yield f["rpc"], f["events"]
+    finally:
+        child.stop()
+
+
+@contextlib.asynccontextmanager
+async def _modelserver(cfg: RunConfig, children: dict[str, Child]) -> AsyncIterator[tuple[str, str] | None]:
+    m = cfg.model
+    if m.kind == "none":
+        yield None
+        return
+    if m.kind == "connect":
+        assert m.rpc is not None and m.events is not None
+        yield m.rpc, m.events
+        return
+    folder = cfg.model_dir()
+    folder.mkdir(parents=True, exist_ok=True)
+    args = ["-m", "modelserver", "serve", "--data-dir", str(folder), "--endpoint", "tcp://127.0.0.1:0",
+            "--events", "tcp://127.0.0.1:0", "--device", m.device, "--members", str(m.members),
+            "--max-epochs", str(max(m.max_epochs, m.session_epochs, m.block_epochs)), "--threads", str(m.threads)]
+    if m.v4_dir is not None:
+        args += ["--v4-dir", str(m.v4_dir)]
+    child = await Child.start("modelserver", args, ready="modelserver ready", timeout=m.start_timeout)
+    children["modelserver"] = child
+    try:
+        f = child.fields()
+        log.info("modelserver on %s (device %s), data in %s", f["rpc"], f.get("device"), folder)
+        yield f["rpc"], f["events"]
+    finally:
+        child.stop()
+
+
+@contextlib.asynccontextmanager
+async def _model_link(cfg: RunConfig, endpoints: tuple[str, str], session_id: str, pixels: dict[str, np.ndarray],
+                      images: ImageLibrary) -> AsyncIterator[ModelLink]:
+    from controller.modellink import ZmqModelLink
+
+    m = cfg.model
+    link = ZmqModelLink(endpoints[0], endpoints[1], session_id=session_id, pixels=pixels.__getitem__,
+                        base_images=lambda n, seed: [images.images[i] for i in images.take(n, seed)],
+                        pool_crops=m.pool_crops, block_epochs=m.block_epochs, session_epochs=m.session_epochs,
+                        timeout=m.timeout)
+    async with link:
+        yield link
+
+
+@contextlib.asynccontextmanager
+async def _acquisition(cfg: RunConfig, events: str, children: dict[str, Child],
+                       session_id: str) -> AsyncIterator[tuple[AcquisitionSource, RigLink | None]]:
+    acq = cfg.acquisition
+    if acq.kind == "openephys":
+        from controller.acquisition.openephys import OpenEphysSource
+
+        yield OpenEphysSource(acq.openephys_endpoint, silence_timeout=acq.silence_timeout), None
+        return
+    from controller.acquisition.lsl import LslSource
+
+    spikes, markers = acq.lsl_spike_name, acq.lsl_marker_name
+    rig_rpc = acq.virtual.rpc
+    async with contextlib.AsyncExitStack() as stack:
+        if acq.kind == "virtual":
+            # stream names of this session's own: two sessions on one machine never hear each other
+            tag = uuid.uuid4().hex[:8]
+            spikes, markers = f"cortexloop-spikes-{tag}", f"cortexloop-sync-{tag}"
+            child = await Child.start("virtual rig", _rig_args(cfg, events, spikes, markers),
+                                      ready="virtualrig rpc=", timeout=300)
+            children["virtualrig"] = child
+            stack.callback(child.stop)
+            rig_rpc = child.fields()["rpc"]
+        rig = None
+        if rig_rpc is not None:
+            rig = await stack.enter_async_context(RigLink(rig_rpc))
+        sync = acq.sync
+        source = (LslSource(spike_name=spikes, marker_name=markers, silence_timeout=acq.silence_timeout)
+                  if sync is not None else
+                  LslSource(spike_name=spikes, marker_name=None, marker_type=None, silence_timeout=acq.silence_timeout))
+        log.info("acquisition %s: LSL %r%s%s", acq.kind, spikes, f", sync {sync.channel} on {markers!r}" if sync
+                 else "", f", virtual rig at {rig_rpc}" if rig_rpc else "")
+        yield source, rig
+
+
+def _rig_args(cfg: RunConfig, events: str, spikes: str, markers: str) -> list[str]:
+    v = cfg.acquisition.virtual
+    args = ["-m", "virtualrig", "--stim-events", events, "--spike-stream", spikes, "--sync-stream", markers,
+            "--seed", str(v.seed), "--baseline", str(v.baseline), "--latency", str(v.latency),
+            "--device", v.device]
+    if v.data is not None:
+        args += ["--v4-dir", str(v.data)]
+        if v.session is not None:
+            args += ["--ground-truth", v.session]
+        if v.neurons is not None:
+            args += ["--neurons", str(v.neurons) if isinstance(v.neurons, int) else ",".join(map(str, v.neurons))]
+    else:
+        args += ["--n-units", str(v.n_units)]
+    return [*args, *v.extra_args]
+
+
+@contextlib.asynccontextmanager
+async def _bus(cfg: RunConfig, engine: Engine, protocol: str) -> AsyncIterator[None]:
+    from controller.bus.mqtt import MqttBus
+    from controller.busbridge import BusBridge
+
+    async with _broker(cfg) as (host, port, username, password):
+        bus = MqttBus(cfg.rig, host, port, username=username, password=password)
+        async with bus, BusBridge(engine, bus, protocol=protocol):
+            yield
+
+
+@contextlib.asynccontextmanager
+async def _broker(cfg: RunConfig) -> AsyncIterator[tuple[str, int, str | None, str | None]]:
+    """(host, port, user, password) of the configured broker; ``embedded`` starts amqtt here and
+    writes an operator's credentials to ``<out_dir>/bus-operator.json`` (mode 600)."""
+    if cfg.bus.broker != "embedded":
+        host, _, port = cfg.bus.broker.partition(":")
+        yield host, int(port or 1883), cfg.bus.username, cfg.bus.password
+        return
+    from controller.bus.access import BusUser, new_password
+    from controller.bus.broker import EmbeddedBroker
+
+    ctl = BusUser("controller", new_password(), "controller", cfg.rig)
+    op = BusUser("operator", new_password(), "operator", cfg.rig)
+    folder = cfg.out_dir / ".bus"
+    folder.mkdir(parents=True, exist_ok=True)
+    async with EmbeddedBroker.for_users(folder, [ctl, op]) as broker:
+        cred = cfg.out_dir / "bus-operator.json"
+        cred.write_text(json.dumps({"broker": f"{broker.host}:{broker.port}", "rig": cfg.rig,
+                                    "username": op.name, "password": op.password}))
+        cred.chmod(0o600)
+        log.info("embedded MQTT broker on %s:%d; operator credentials in %s", broker.host, broker.port, cred)
+        yield broker.host, broker.port, ctl.name, ctl.password
