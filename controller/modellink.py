@@ -37,6 +37,7 @@ from protocols.steps import (
     RetrainResult,
     SmoothParams,
 )
+from wire.base import image_id
 from wire.documents import PickDoc, ResponseDoc, TrialDoc
 from wire.errors import InvalidRequest, ModelError, RequestTimeout, ServerUnavailable
 from wire.generate import (
@@ -62,6 +63,7 @@ from wire.model import (
     TrainProgress,
     Versions,
 )
+from wire.security import CurveClient
 from wire.transport import EventSubscriber, RpcClient
 
 log = logging.getLogger(__name__)
@@ -82,8 +84,11 @@ class ZmqModelLink:
     def __init__(self, rpc: str, events: str, *, session_id: str, pixels: Callable[[str], np.ndarray],
                  base_images: Callable[[int, int], list[np.ndarray]], timeout: float = 30.0,
                  pool: str = "session-pool", pool_crops: int = 2000,
-                 block_epochs: int = 5, session_epochs: int | None = None) -> None:
-        self.client = RpcClient(rpc, timeout=timeout)
+                 block_epochs: int = 5, session_epochs: int | None = None,
+                 curve: CurveClient | None = None) -> None:
+        #: CURVE client configuration of the RPC and of every event subscription (None: plaintext)
+        self.curve = curve
+        self.client = RpcClient(rpc, timeout=timeout, curve=curve)
         #: seconds a ping may take before the modelserver counts as down
         self.ping_timeout = 5.0
         self.events_endpoint = events
@@ -101,6 +106,8 @@ class ZmqModelLink:
         self._pool_ready = False
         #: images ingested or picked in this session: active learning never picks them again
         self._seen: set[str] = set()
+        #: base images drawn for adversarial/smooth requests, by id (a paired request reuses them)
+        self._base_pixels: dict[str, np.ndarray] = {}
 
     async def __aenter__(self) -> ZmqModelLink:
         self.client.connect()
@@ -177,7 +184,7 @@ class ZmqModelLink:
                 log.exception("retrain progress callback failed")
 
         await self._reachable()
-        sub = EventSubscriber(self.events_endpoint, [TrainProgress, TrainDone])
+        sub = EventSubscriber(self.events_endpoint, [TrainProgress, TrainDone], curve=self.curve)
         try:
             job = await self.client.request(Train(max_epochs=epochs), JobStarted)
             if not step.wait:
@@ -234,13 +241,8 @@ class ZmqModelLink:
         elif isinstance(p, MaximizeSynthParams):
             return await self._per_model(step, p.neurons, lambda model, ns: GenSynthesize(
                 model=model, neurons=ns, per_neuron=n, steps=p.steps, seed=seed))
-        elif isinstance(p, AdversarialParams):
-            bases = self._bases(p.base_ids, len(p.neurons), seed)
-            cmd = GenAdversarial(model=self.session, neurons=p.neurons, base_images=np.stack(bases),
-                                 direction=p.direction)
-        elif isinstance(p, SmoothParams):
-            bases = self._bases(p.base_ids, len(p.neurons), seed)
-            cmd = GenSmooth(model=self.session, neurons=p.neurons, base_images=np.stack(bases), seed=seed)
+        elif isinstance(p, AdversarialParams | SmoothParams):
+            return await self._paired(step, p, n, seed)
         elif isinstance(p, DotsParams):
             cmd = GenDots(radii=[s / 2 for s in p.sizes], counts=p.numbers, per_condition=len(p.locations),
                           seed=seed)
@@ -269,8 +271,7 @@ class ZmqModelLink:
         images are labelled with the recorded neuron they target."""
         groups: dict[str, list[tuple[int, int]]] = {}
         for j in neurons:
-            sess, m = self.matched.get(j, (self.session, j))
-            model = f"{self.version}/{sess}" if self.version and sess != self.session else sess
+            model, m = self._model_of(j)
             groups.setdefault(model, []).append((j, m))
         parts = []
         for model, pairs in groups.items():
@@ -280,19 +281,55 @@ class ZmqModelLink:
                 if prov.neuron is not None:
                     prov.neuron = to_recorded.get(prov.neuron, prov.neuron)
             parts.append(self._generated(step, reply))
-        first = parts[0]
-        for g in parts[1:]:
-            first.result.image_ids.extend(g.result.image_ids)
-            assert first.result.labels is not None and g.result.labels is not None
-            first.result.labels.extend(g.result.labels)
-            first.pixels.update(g.pixels)
-            first.picks.extend(g.picks)
-        return first
+        return _merge(parts)
+
+    def _model_of(self, neuron: int) -> tuple[str, int]:
+        """(model id, model neuron) of a recorded neuron: its matched model, or this session's readout."""
+        sess, m = self.matched.get(neuron, (self.session, neuron))
+        return (f"{self.version}/{sess}" if self.version and sess != self.session else sess), m
+
+    async def _paired(self, step: GenerateImages, p: AdversarialParams | SmoothParams, n: int,
+                      seed: int) -> Generated:
+        """Adversarial or smooth images: ``n`` base images per neuron (``p.base_ids`` when the
+        protocol pairs this request with an earlier one, else drawn from the library), one request
+        per matched model; the result names each image's base image (``base_ids``)."""
+        targets = [j for j in p.neurons for _ in range(n)]
+        bases = self._bases(p.base_ids, len(targets), seed)
+        groups: dict[str, list[int]] = {}
+        for k, j in enumerate(targets):
+            groups.setdefault(self._model_of(j)[0], []).append(k)
+        parts = []
+        for model, ks in groups.items():
+            neurons = [self._model_of(targets[k])[1] for k in ks]
+            images = np.stack([bases[k] for k in ks])
+            cmd: GenAdversarial | GenSmooth
+            if isinstance(p, AdversarialParams):  # epsilon: an L2 budget in 0..1 pixel units
+                cmd = GenAdversarial(model=model, neurons=neurons, base_images=images, direction=p.direction,
+                                     max_l2=p.epsilon * 255.0, steps=p.steps)
+            else:
+                cmd = GenSmooth(model=model, neurons=neurons, base_images=images, sigma=p.sigma, seed=seed)
+            reply = await self.client.request(cmd, GenImages, timeout=step.timeout_s)
+            if isinstance(p, SmoothParams) and p.mode == "random":
+                if reply.controls is None:
+                    raise ModelError("the modelserver sent no random-smoothing controls")
+                reply = reply.controls
+            if len(reply.provenance) != len(ks):
+                raise ModelError(f"{p.generator}: {len(reply.provenance)} images for {len(ks)} base images")
+            for k, prov in zip(ks, reply.provenance, strict=True):
+                prov.neuron = targets[k]
+            parts.append(self._generated(step, reply))
+        first = _merge(parts)
+        base_ids = [str(pk.details.get("source", "")).removeprefix("base:") for pk in first.picks]
+        return Generated(first.result.model_copy(update={"base_ids": base_ids}), first.pixels, first.picks)
 
     def _bases(self, base_ids: list[str] | None, n: int, seed: int) -> list[np.ndarray]:
+        """``n`` base images: those of ``base_ids`` (drawn here earlier, or shown), else new library draws."""
         if base_ids:
-            return [self.pixels(base_ids[i % len(base_ids)]) for i in range(n)]
-        return self.base_images(n, seed)
+            ids = [base_ids[k % len(base_ids)] for k in range(n)]
+            return [self._base_pixels[i] if i in self._base_pixels else self.pixels(i) for i in ids]
+        drawn = self.base_images(n, seed)
+        self._base_pixels.update((image_id(b), b) for b in drawn)
+        return drawn
 
     def _generated(self, step: GenerateImages, reply: GenImages) -> Generated:
         ids = list(reply.image_ids)
@@ -340,6 +377,18 @@ class ZmqModelLink:
 def _finite(x: float | None) -> float | None:
     """``x`` as a float, or None when it is missing or not finite (JSON has no NaN)."""
     return float(x) if x is not None and math.isfinite(x) else None
+
+
+def _merge(parts: list[Generated]) -> Generated:
+    """One result of the images of several requests (one per model), in order."""
+    first = parts[0]
+    for g in parts[1:]:
+        first.result.image_ids.extend(g.result.image_ids)
+        assert first.result.labels is not None and g.result.labels is not None
+        first.result.labels.extend(g.result.labels)
+        first.pixels.update(g.pixels)
+        first.picks.extend(g.picks)
+    return first
 
 
 def _pearson(y: np.ndarray, p: np.ndarray) -> float | None:

@@ -1,4 +1,9 @@
-"""Shared fixtures: the real V4 data folder (skip where absent) and an X display (Xvfb)."""
+"""Shared fixtures: the real V4 data folder and an X display (Xvfb), and :func:`require`.
+
+A test whose prerequisite is missing (mosquitto, Xvfb, the V4 data, ...) is skipped on a
+developer's machine, and fails where the environment variable ``CI`` is ``true``: CI never
+skips a missing prerequisite silently. Check prerequisites with :func:`require`.
+"""
 
 from __future__ import annotations
 
@@ -15,23 +20,50 @@ REPO = Path(__file__).resolve().parents[1]
 V4_DIR = Path(os.environ.get("CORTEXLOOP_V4_DATA", REPO.parent / "shared" / "data" / "v4"))
 
 
+def in_ci() -> bool:
+    """Whether the tests run under CI (the environment variable ``CI`` is ``true``)."""
+    return os.environ.get("CI", "").strip().lower() == "true"
+
+
+def require(condition: object, reason: str) -> None:
+    """Go on when ``condition`` holds; else skip the test, or fail it under ``CI=true``."""
+    if condition:
+        return
+    if in_ci():
+        pytest.fail(f"CI=true, and a prerequisite of this test is missing: {reason}", pytrace=False)
+    pytest.skip(reason)
+
+
+def require_module(name: str, reason: str = "") -> object:
+    """The imported module ``name``; where it is not installed, a skip (a failure under CI=true)."""
+    import importlib
+
+    try:
+        return importlib.import_module(name)
+    except ImportError:
+        require(False, reason or f"{name} is not installed (bash scripts/bootstrap.sh installs every extra)")
+        raise
+
+
 @pytest.fixture(scope="session")
 def v4_dir() -> Path:
-    """The real V4 data folder (``../shared/data/v4`` or $CORTEXLOOP_V4_DATA); skips where absent."""
-    if not (V4_DIR / "compact_models").is_dir():
-        pytest.skip(f"real V4 data not found at {V4_DIR} (set CORTEXLOOP_V4_DATA to its folder)")
+    """The real V4 data folder (``../shared/data/v4`` or $CORTEXLOOP_V4_DATA); where it is absent,
+    a skip (a failure under CI=true)."""
+    require((V4_DIR / "compact_models").is_dir(),
+            f"real V4 data not found at {V4_DIR} (set CORTEXLOOP_V4_DATA to its folder)")
     return V4_DIR
 
 
 @pytest.fixture(scope="session")
 def xdisplay() -> Iterator[str]:
-    """An X display: $DISPLAY if set, else a private Xvfb started for the test session."""
+    """An X display: $DISPLAY if set, else a private Xvfb started for the test session (where
+    there is none, a skip; a failure under CI=true)."""
     if os.environ.get("DISPLAY"):
         yield os.environ["DISPLAY"]
         return
     xvfb = shutil.which("Xvfb")
-    if xvfb is None:
-        pytest.skip("no DISPLAY and no Xvfb (apt-get install xvfb); scripts/bootstrap.sh installs it")
+    require(xvfb is not None, "no DISPLAY and no Xvfb (apt-get install xvfb); scripts/bootstrap.sh installs it")
+    assert xvfb is not None
     for num in range(90, 140):
         if not Path(f"/tmp/.X{num}-lock").exists():
             break

@@ -229,6 +229,9 @@ class Engine(BlocksMixin, ModelStepsMixin):
         except CortexloopError as exc:
             status, reason = "fail", f"{type(exc).__name__}: {exc}"
             log.error("session %s failed: %s", self.config.session_id, reason)
+        except Exception as exc:  # a bug: the session file still ends with a stop document saying so
+            status, reason = "fail", f"internal error: {type(exc).__name__}: {exc}"
+            log.exception("session %s failed with an internal error", self.config.session_id)
         finally:
             tasks: list[asyncio.Task[Any]] = [*pumps, *self.generated.values()]
             for t in tasks:

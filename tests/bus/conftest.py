@@ -10,6 +10,7 @@ import pytest
 
 from controller.bus import EmbeddedBroker, MosquittoBroker, mosquitto_binary, write_amqtt_password_file
 from tests.bus.bus_scenario import USERS
+from tests.conftest import require
 
 
 @pytest.fixture(scope="session")
@@ -27,6 +28,6 @@ async def amqtt_broker(amqtt_passwd: Path) -> AsyncIterator[EmbeddedBroker]:
 @pytest.fixture
 def mosquitto(tmp_path: Path) -> Iterator[MosquittoBroker]:
     if mosquitto_binary() is None or shutil.which("mosquitto_passwd") is None:
-        pytest.skip("mosquitto / mosquitto_passwd not installed (apt-get install mosquitto)")
+        require(False, "mosquitto / mosquitto_passwd not installed (apt-get install mosquitto)")
     with MosquittoBroker(tmp_path / "mosquitto", USERS) as broker:
         yield broker

@@ -8,13 +8,9 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-pytest.importorskip("pynwb")
-pytest.importorskip("nwbinspector")
-
-from pynwb import NWBHDF5IO
-
 from controller.nwb import check_nwb, export_nwb
 from controller.store import SessionWriter
+from tests.conftest import require_module
 from wire.base import image_id
 from wire.documents import (
     BlockDoc,
@@ -29,6 +25,10 @@ from wire.documents import (
     TrialDoc,
 )
 from wire.errors import StoreError
+
+require_module("pynwb")
+require_module("nwbinspector")
+from pynwb import NWBHDF5IO  # noqa: E402
 
 N_UNITS = 40  # more units than trials: a trials x units TimeSeries would fail check_data_orientation
 UNITS = [f"ch{j:03d}#{j % 3}" for j in range(N_UNITS)]

@@ -16,6 +16,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
+from tests.conftest import require_module
 from virtualrig.__main__ import ground_truth, neuron_spec, parse_args
 from virtualrig.rates import GaborEnergyRates, compact_model_sessions, evenly_spaced, reference_images
 from virtualrig.rig import VirtualRig
@@ -152,7 +153,7 @@ async def test_rig_rates_oracle_in_process() -> None:
 @pytest.mark.v4
 async def test_ground_truth_session_real_v4(v4_data: Path, tmp_path: Path) -> None:
     """``--ground-truth 190923 --neurons 0,2,5``: the process's rates are those of the same models in-process."""
-    pytest.importorskip("torch", reason="the compact models need torch (cortexloop[model])")
+    require_module("torch", "the compact models need torch (cortexloop[model])")
     from virtualrig.rates import CompactModelRates, load_image_zip
 
     session, neurons, count = "190923", [0, 2, 5], 40
@@ -180,7 +181,7 @@ async def test_ground_truth_session_real_v4(v4_data: Path, tmp_path: Path) -> No
 
 @pytest.mark.v4
 def test_default_session_is_the_first_sorted(v4_data: Path) -> None:
-    pytest.importorskip("torch", reason="the compact models need torch (cortexloop[model])")
+    require_module("torch", "the compact models need torch (cortexloop[model])")
     from virtualrig.rates import CompactModelRates
 
     folder = v4_data / "compact_models"

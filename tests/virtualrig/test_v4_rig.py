@@ -5,8 +5,12 @@ Cowley, Stan, Pillow & Smith (2023), compact models of session 190923 (see ../sh
 
 from __future__ import annotations
 
+from typing import Any
+
 import numpy as np
 import pytest
+
+from tests.conftest import require_module
 
 REPEATS = 10
 
@@ -14,7 +18,7 @@ REPEATS = 10
 @pytest.mark.v4
 @pytest.mark.slow
 def test_compact_model_rig_counts_correlate_with_recorded_v4(v4_dir) -> None:  # type: ignore[no-untyped-def]
-    torch = pytest.importorskip("torch")
+    torch: Any = require_module("torch")
     from virtualrig.rates import CompactModelRates, load_image_zip
     from virtualrig.spikes import draw_counts
 
