@@ -18,6 +18,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import os
 import threading
 import uuid
 from collections.abc import Awaitable, Callable, Mapping
@@ -30,9 +31,19 @@ import torch
 
 from modelserver.dataset import TrainingSet
 from modelserver.ensemble import DeepEnsemble, EnsembleConfig
-from modelserver.versions import latest_version, load_version, save_version, version_infos, version_path
+from modelserver.generate.confine import file_in, plain_name
+from modelserver.generate.limits import RequestLimits
+from modelserver.versions import (
+    latest_version,
+    load_version,
+    save_version,
+    version_infos,
+    version_path,
+    write_atomic,
+)
 from wire.base import Message
-from wire.errors import Busy, InvalidRequest, ModelError, NotFound
+from wire.codec import DEFAULT_MAX_BYTES
+from wire.errors import Busy, Forbidden, InvalidRequest, ModelError, NotFound
 from wire.messages import Ok
 from wire.model import (
     CancelTraining,
@@ -53,7 +64,8 @@ from wire.model import (
     TrainProgress,
     Versions,
 )
-from wire.transport import EventPublisher, RpcServer
+from wire.security import CurveServer, check_bind
+from wire.transport import DEFAULT_MAX_CONCURRENT, EventPublisher, RpcServer
 
 log = logging.getLogger(__name__)
 
@@ -72,6 +84,17 @@ class ModelServerConfig:
     ensemble: EnsembleConfig = field(default_factory=EnsembleConfig)
     generate: bool = True  # serve modelserver.generate's gen.* commands too
     v4_dir: Path | None = None  # real V4 images for generation pools, where available
+    curve: CurveServer | None = None  # CURVE on both sockets: only the allowed clients are answered
+    insecure: bool = False  # allow endpoints other machines can reach without CURVE (wire.security.check_bind)
+    #: folders gen.build_pool may read images from (``modelserver serve --image-root DIR``, repeatable);
+    #: ``v4_dir`` counts as one too. Nothing outside them is read (docs/security.md)
+    image_roots: list[Path] = field(default_factory=list)
+    #: what one request may cost: output images, memory and work estimates, pool and export sizes
+    limits: RequestLimits = field(default_factory=RequestLimits)
+    #: requests the RPC server runs at once (more get ``busy`` at once); RpcServer's max_concurrent
+    max_concurrent: int = DEFAULT_MAX_CONCURRENT
+    #: largest message (ZeroMQ MAXMSGSIZE on the RPC socket); RpcServer's max_bytes
+    max_message_bytes: int = DEFAULT_MAX_BYTES
 
 
 class ModelServer:
@@ -108,7 +131,9 @@ class ModelServer:
         from modelserver.genctx import ServerGenerationContext
         from modelserver.generate.handlers import generation_handlers
 
-        for cls, h in generation_handlers(ServerGenerationContext(self, self.config.v4_dir)).items():
+        ctx = ServerGenerationContext(self, self.config.v4_dir)
+        table = generation_handlers(ctx, image_roots=self.config.image_roots, limits=self.config.limits)
+        for cls, h in table.items():
             self.extra_handlers.setdefault(cls, h)
 
     # --- lifecycle -----------------------------------------------------------------------
@@ -121,8 +146,12 @@ class ModelServer:
         return {**base, **self.extra_handlers}
 
     async def start(self) -> None:
-        self._pub = EventPublisher(self.config.events_endpoint, name="modelserver-events")
-        self._rpc = RpcServer(self.config.endpoint, self.handlers(), name="modelserver")
+        c = self.config
+        for endpoint in (c.endpoint, c.events_endpoint):  # before anything is bound
+            check_bind(endpoint, c.curve, c.insecure, server="modelserver")
+        self._pub = EventPublisher(c.events_endpoint, name="modelserver-events", curve=c.curve)
+        self._rpc = RpcServer(c.endpoint, self.handlers(), name="modelserver", curve=c.curve,
+                              max_bytes=c.max_message_bytes, max_concurrent=c.max_concurrent)
         await self._rpc.start()
 
     @property
@@ -216,6 +245,7 @@ class ModelServer:
         if cmd.session not in model.session_neurons:
             raise NotFound(f"version {version} has no readout for session {cmd.session!r}")
         imgs = cmd.images
+        self.config.limits.predict_images(int(imgs.shape[0]) if imgs.ndim else 0, "model.predict: images")
         if imgs.dtype != np.uint8 or imgs.ndim != 4 or imgs.shape[-1] != 3 or len(imgs) == 0:
             raise InvalidRequest(f"images must be non-empty uint8 (N, H, W, 3), got {imgs.dtype} {imgs.shape}")
         shape = self.dataset.image_shape
@@ -235,21 +265,59 @@ class ModelServer:
         await asyncio.to_thread(self._load, cmd.version)
         return Ok()
 
+    @property
+    def exports_dir(self) -> Path:
+        """The only folder ``model.export`` writes to: ``<data_dir>/exports``."""
+        return self.data_dir / "exports"
+
     async def export_version(self, cmd: ExportVersion) -> Exported:
+        """The version's file (``torch.save`` of tensors and plain data: ``torch.load(weights_only=True)``
+        reads it) into ``<data_dir>/exports/<name>`` and/or back inline; every check before any write."""
+        if cmd.name is not None and cmd.path is not None and cmd.name != cmd.path:
+            raise InvalidRequest("give 'name' (or its older spelling 'path'), not both")
+        name = cmd.name if cmd.name is not None else cmd.path
+        if name is None and not cmd.inline:
+            raise InvalidRequest("give a file name (written into the server's exports folder) or inline=true")
         version = cmd.version or self.version
         if version is None:
             raise ModelError("no model version to export")
-        size = await asyncio.to_thread(self._export, version, Path(cmd.path))
-        return Exported(version=version, path=cmd.path, bytes=size)
-
-    def _export(self, version: str, dest: Path) -> int:
         src = version_path(self.versions_dir, version)
-        try:
-            dest.parent.mkdir(parents=True, exist_ok=True)
-            dest.write_bytes(src.read_bytes())
-        except OSError as exc:
-            raise InvalidRequest(f"cannot write {dest}: {exc}") from exc
-        return dest.stat().st_size
+        dest = file_in(self.exports_dir, plain_name(name, "export name"), "export") if name is not None else None
+        if dest is not None and not cmd.overwrite and (dest.exists() or dest.is_symlink()):
+            raise Forbidden(f"export {name!r} exists; set overwrite to replace it")
+        size = src.stat().st_size
+        if cmd.inline:
+            self.config.limits.export_bytes(size, f"model.export inline: version {version}")
+        data = await asyncio.to_thread(self._export, src, dest, cmd.overwrite, cmd.inline)
+        return Exported(version=version, path=str(dest) if dest is not None else None, bytes=size, data=data)
+
+    def _export(self, src: Path, dest: Path | None, overwrite: bool, inline: bool) -> np.ndarray | None:
+        blob = src.read_bytes()
+        if dest is not None:
+            try:
+                dest.parent.mkdir(exist_ok=True)
+                if overwrite:  # a new file renamed over the old one (a symlink is replaced, not followed)
+                    write_atomic(dest, lambda f: f.write(blob))
+                else:
+                    self._write_new(dest, blob)
+            except FileExistsError as exc:
+                raise Forbidden(f"export {dest.name!r} exists; set overwrite to replace it") from exc
+            except OSError as exc:
+                raise InvalidRequest(f"cannot write export {dest.name!r}: {exc.strerror or exc}") from exc
+        return np.frombuffer(blob, dtype=np.uint8) if inline else None
+
+    @staticmethod
+    def _write_new(dest: Path, blob: bytes) -> None:
+        """Create ``dest`` exclusively (O_EXCL: an existing file or link is never opened)."""
+        with open(dest, "xb") as f:
+            try:
+                f.write(blob)
+                f.flush()
+                os.fsync(f.fileno())
+            except BaseException:
+                with contextlib.suppress(OSError):
+                    dest.unlink()
+                raise
 
     # --- the training job --------------------------------------------------------------------
     async def _publish(self, event: Message) -> None:

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import json
 import math
+import re
 from collections.abc import Sequence
 from typing import Any, TypeVar
 
@@ -105,15 +106,20 @@ def decode_header(frames: Sequence[Frame], max_bytes: int = DEFAULT_MAX_BYTES) -
         raise MessageTooLarge(f"message of {total} bytes exceeds the limit of {max_bytes}")
     try:
         header = json.loads(bytes(buffers[0]))
-    except (UnicodeDecodeError, json.JSONDecodeError) as exc:
-        raise DecodeError(f"header frame is not JSON: {exc}") from exc
+    except ValueError as exc:  # not UTF-8, not JSON, or a number of more digits than Python converts
+        raise DecodeError(f"header frame is not JSON: {_short(str(exc))}") from exc
+    except RecursionError as exc:
+        raise DecodeError("header frame is nested too deeply") from exc
     if not isinstance(header, dict) or header.get("v") != VERSION or "msg" not in header:
         raise DecodeError(f"header is not a cortexloop v{VERSION} envelope")
     rid = header.get("id")
-    if rid is not None and not isinstance(rid, str):
-        raise DecodeError("request id must be a string")
+    if rid is not None and (not isinstance(rid, str) or len(rid) > MAX_ID_CHARS):
+        raise DecodeError(f"request id must be a string of at most {MAX_ID_CHARS} characters")
     used: set[int] = set()
-    body = _restore(header["msg"], buffers[1:], used)
+    try:
+        body = _restore(header["msg"], buffers[1:], used)
+    except RecursionError as exc:
+        raise DecodeError("message is nested too deeply") from exc
     if len(used) != len(buffers) - 1:
         raise DecodeError(f"{len(buffers) - 1 - len(used)} array frame(s) not referenced by the header")
     return rid, body
@@ -123,13 +129,44 @@ def validate(body: Any, adapter: TypeAdapter[Any]) -> Any:
     """Validate decoded data against a message type or union; unknown kinds raise UnknownCommand."""
     try:
         return adapter.validate_python(body)
+    except RecursionError as exc:
+        raise DecodeError("message is nested too deeply") from exc
     except ValidationError as exc:
         errors = exc.errors(include_url=False)
         if any(e["type"] in ("union_tag_invalid", "union_tag_not_found") for e in errors):
             kind = body.get("kind") if isinstance(body, dict) else None
-            raise UnknownCommand(f"unknown message kind {kind!r}") from exc
+            raise UnknownCommand(f"unknown message kind {_short(repr(kind))}") from exc
         detail = "; ".join(f"{'.'.join(map(str, e['loc'])) or '<root>'}: {e['msg']}" for e in errors[:10])
-        raise DecodeError(f"invalid message: {detail}") from exc
+        raise DecodeError(f"invalid message: {_short(detail, 2000)}") from exc
+
+
+#: longest request id a reply echoes (longer ids are not echoed: the error goes out without one)
+MAX_ID_CHARS = 256
+_ID_PATTERN = re.compile(rb'"id"\s*:\s*"((?:[^"\\]|\\.){1,%d})"' % MAX_ID_CHARS)
+
+
+def _short(text: str, limit: int = 200) -> str:
+    return text if len(text) <= limit else f"{text[:limit]}... ({len(text)} chars)"
+
+
+def peek_request_id(header: Frame) -> str | None:
+    """The request id of a header frame, read leniently so that an error reply finds its caller
+    even when the rest of the message is malformed: the ``id`` of a JSON object, else the first
+    ``"id": "..."`` among the frame's first 4 KiB (truncated, non-UTF-8 or deeply nested JSON).
+    None when no string id of at most :data:`MAX_ID_CHARS` characters can be read."""
+    raw = bytes(_buffer(header))
+    try:
+        obj = json.loads(raw)
+    except (ValueError, RecursionError):
+        obj = None
+        m = _ID_PATTERN.search(raw[:4096])
+        if m is not None:
+            try:
+                obj = {"id": json.loads(b'"' + m.group(1) + b'"')}
+            except ValueError:
+                return None
+    rid = obj.get("id") if isinstance(obj, dict) else None
+    return rid if isinstance(rid, str) and len(rid) <= MAX_ID_CHARS else None
 
 
 def decode(frames: Sequence[Frame], adapter: TypeAdapter[Any],

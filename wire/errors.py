@@ -55,6 +55,21 @@ class NotFound(InvalidRequest):
     code = "not_found"
 
 
+class Forbidden(InvalidRequest):
+    """A request that names something outside what the server was configured to expose: a path
+    outside its folders (``..``, an absolute path, a symlink out of a root), an existing file
+    without ``overwrite``, a pool name that is a path."""
+
+    code = "forbidden"
+
+
+class LimitExceeded(InvalidRequest):
+    """A request whose size, or whose memory or time estimate, exceeds a limit the server was
+    configured with; the message names the limit and its value."""
+
+    code = "limit"
+
+
 class Busy(CortexloopError):
     """The server is doing something that excludes this command (a block already running, ...)."""
 
@@ -69,6 +84,12 @@ class StateError(CortexloopError):
 
 class Aborted(CortexloopError):
     code = "aborted"
+
+
+class Cancelled(Aborted):
+    """A request stopped on the client's ``job.cancel`` (or its timeout); the work was abandoned."""
+
+    code = "cancelled"
 
 
 class InternalError(CortexloopError):

@@ -5,6 +5,11 @@ and, for pool-based methods, a pool by name. Every reply carries uint8 (N, H, W,
 images, their content ids and one :class:`GenProvenance` per image saying why it was
 chosen (method, model, neuron, score, source). Errors: ``k`` larger than the pool or a
 malformed pool file -> ``InvalidRequest``; an unknown model, pool or neuron -> ``NotFound``.
+
+Sizes: every count has an upper bound here (a larger value is a ``decode`` error before any
+work); the modelserver also refuses a request whose combined size, memory or work estimate
+exceeds its configured limits (``LimitExceeded``, naming the limit; docs/security.md). A long
+request can be stopped with ``job.cancel`` (:class:`wire.transport.CancelRequest`).
 """
 
 from __future__ import annotations
@@ -15,7 +20,16 @@ from pydantic import Field
 
 from wire.base import Array, Message
 
-NeuronList = Annotated[list[Annotated[int, Field(ge=0)]], Field(min_length=1)]
+#: most neurons one request names
+MAX_NEURONS = 10_000
+#: largest seed (numpy and torch both take it)
+MAX_SEED = 2**63 - 1
+
+NeuronList = Annotated[list[Annotated[int, Field(ge=0, le=10_000_000)]], Field(min_length=1, max_length=MAX_NEURONS)]
+Name = Annotated[str, Field(min_length=1, max_length=256)]
+PoolName = Annotated[str, Field(min_length=1, max_length=64)]
+Seed = Annotated[int, Field(ge=-MAX_SEED, le=MAX_SEED)]
+ImageIdList = Annotated[list[Annotated[str, Field(max_length=128)]], Field(max_length=1_000_000)]
 
 
 class GenProvenance(Message):
@@ -44,91 +58,100 @@ class GenActive(Message):
     """Active-learning picks: top-k pool images by normalized ensemble disagreement, no near-duplicates."""
 
     kind: Literal["gen.active"] = "gen.active"
-    ensemble: str = Field(description="id of the ensemble")
-    pool: str = Field(description="name of the candidate pool")
-    k: int = Field(ge=1)
+    ensemble: Name = Field(description="id of the ensemble")
+    pool: PoolName = Field(description="name of the candidate pool")
+    k: int = Field(ge=1, le=10_000)
     neurons: NeuronList | None = Field(default=None, description="neurons whose disagreement counts (None: all)")
-    min_distance: float = Field(default=0.04, ge=0, description="RMS distance (0..1 pixels, 4x pooled) between picks")
-    seed: int = Field(default=0, description="seed of the reference sample used to normalize per neuron")
+    min_distance: float = Field(default=0.04, ge=0, le=1, description="RMS distance (0..1 pixels, 4x pooled) between picks")
+    seed: Seed = Field(default=0, description="seed of the reference sample used to normalize per neuron")
     strategy: Literal["ensemble_variance", "max_entropy", "random"] = Field(
         default="ensemble_variance", description="acquisition function (random: the control policy)")
-    candidates: int | None = Field(default=None, ge=1, description="score this many random pool images (None: all)")
-    exclude: list[str] = Field(default_factory=list, description="image ids never to pick (already shown or picked)")
+    candidates: int | None = Field(default=None, ge=1, le=100_000_000,
+                                   description="score this many random pool images (None: all)")
+    exclude: ImageIdList = Field(default_factory=list, description="image ids never to pick (already shown or picked)")
 
 
 class GenMaximize(Message):
     """Maximizing normal images: top-k pool images per neuron under the model."""
 
     kind: Literal["gen.maximize"] = "gen.maximize"
-    model: str
-    pool: str
+    model: Name
+    pool: PoolName
     neurons: NeuronList
-    k: int = Field(ge=1)
+    k: int = Field(ge=1, le=10_000)
 
 
 class GenSynthesize(Message):
     """Maximizing synthesized images (smooth DeepTune from white noise), all neurons in one batch."""
 
     kind: Literal["gen.synthesize"] = "gen.synthesize"
-    model: str
+    model: Name
     neurons: NeuronList
-    per_neuron: int = Field(default=1, ge=1)
-    steps: int = Field(default=150, ge=0)
-    step_size: float = Field(default=3.0, gt=0)
-    lp_weight: float = Field(default=1.0, ge=0)
-    tv_weight: float = Field(default=0.4, ge=0)
-    seed: int = 0
+    per_neuron: int = Field(default=1, ge=1, le=1000)
+    steps: int = Field(default=150, ge=0, le=100_000)
+    step_size: float = Field(default=3.0, gt=0, le=1000)
+    lp_weight: float = Field(default=1.0, ge=0, le=1e6)
+    tv_weight: float = Field(default=0.4, ge=0, le=1e6)
+    seed: Seed = 0
 
 
 class GenAdversarial(Message):
     """Adversarial images: ``base_images[i]`` changed within the thresholds to raise/lower ``neurons[i]``."""
 
     kind: Literal["gen.adversarial"] = "gen.adversarial"
-    model: str
+    model: Name
     neurons: NeuronList
     base_images: Array = Field(description="uint8 (N, H, W, 3), one per neuron")
     direction: Literal["+", "-"] = "+"
-    max_abs: float = Field(default=8.0, gt=0, description="largest absolute pixel change (0..255 units)")
-    max_l2: float | None = Field(default=None, gt=0, description="largest L2 norm of the change (pixel units)")
-    step: float = Field(default=1.0, gt=0)
-    steps: int | None = Field(default=None, ge=1)
+    max_abs: float = Field(default=8.0, gt=0, le=255, description="largest absolute pixel change (0..255 units)")
+    max_l2: float | None = Field(default=None, gt=0, le=1e9, description="largest L2 norm of the change (pixel units)")
+    step: float = Field(default=1.0, gt=0, le=255)
+    steps: int | None = Field(default=None, ge=1, le=100_000)
 
 
 class GenSmooth(Message):
     """Smooth- images (greedy patch smoothing) plus random-smoothed controls (reply's ``controls``)."""
 
     kind: Literal["gen.smooth"] = "gen.smooth"
-    model: str
+    model: Name
     neurons: NeuronList
     base_images: Array = Field(description="uint8 (N, H, W, 3), one per neuron")
     grid: int = Field(default=8, ge=1, le=56)
-    sigma: float = Field(default=4.0, gt=0)
-    max_patches: int = Field(default=16, ge=1)
+    sigma: float = Field(default=4.0, gt=0, le=1000)
+    max_patches: int = Field(default=16, ge=1, le=56 * 56)
     target_drop: float | None = Field(default=None, gt=0, le=1)
-    seed: int = 0
+    seed: Seed = 0
 
 
 class GenDots(Message):
     """Dot stimuli varying in size, location and number; scored by ``model`` if given."""
 
     kind: Literal["gen.dots"] = "gen.dots"
-    radii: list[Annotated[float, Field(gt=0)]] = Field(default_factory=lambda: [3.0, 6.0, 12.0])
-    counts: list[Annotated[int, Field(ge=1)]] = Field(default_factory=lambda: [1, 2, 4, 8])
-    per_condition: int = Field(default=4, ge=1)
-    seed: int = 0
-    model: str | None = None
+    radii: list[Annotated[float, Field(gt=0, le=1000)]] = Field(default_factory=lambda: [3.0, 6.0, 12.0],
+                                                                max_length=256)
+    counts: list[Annotated[int, Field(ge=1, le=10_000)]] = Field(default_factory=lambda: [1, 2, 4, 8],
+                                                                  max_length=256)
+    per_condition: int = Field(default=4, ge=1, le=10_000)
+    seed: Seed = 0
+    model: Name | None = None
     neurons: NeuronList | None = None
 
 
 class GenBuildPool(Message):
-    """Build (or replace) a named candidate pool from image folders and/or natural-image crops."""
+    """Build (or replace) a named candidate pool from image folders and/or natural-image crops.
+
+    ``pool`` is a plain name (letters, digits, ``_-.``; never a path). Each folder is a folder
+    inside one of the image roots the modelserver was started with (``--image-root DIR``, and the
+    V4 folder): relative to a root, or absolute inside one; ``..``, other absolute paths and
+    symbolic links out of a root are refused (``forbidden``)."""
 
     kind: Literal["gen.build_pool"] = "gen.build_pool"
-    pool: str
-    folders: list[str] = Field(default_factory=list, description="folders of the user's images (added whole)")
-    crops: int = Field(default=0, ge=0, description="random crops of local natural images to add")
+    pool: PoolName
+    folders: list[Annotated[str, Field(min_length=1, max_length=4096)]] = Field(
+        default_factory=list, max_length=256, description="folders inside the server's image roots (added whole)")
+    crops: int = Field(default=0, ge=0, le=100_000_000, description="random crops of local natural images to add")
     gaudy: bool = Field(default=False, description="also add the gaudy version of every image")
-    seed: int = 0
+    seed: Seed = 0
 
 
 class GenPoolInfo(Message):

@@ -7,11 +7,18 @@ sessions.
 
 from __future__ import annotations
 
-from typing import Literal
+from typing import Annotated, ClassVar, Literal
 
 from pydantic import Field
 
 from wire.base import Array, Message
+
+#: a session name (the server checks its characters)
+SessionName = Annotated[str, Field(min_length=1, max_length=64)]
+#: a model version id
+VersionId = Annotated[str, Field(min_length=1, max_length=128)]
+#: image ids (content hashes) of up to a million trials
+ImageIds = Annotated[list[Annotated[str, Field(max_length=128)]], Field(max_length=1_000_000)]
 
 # --- commands --------------------------------------------------------------------------------
 
@@ -20,8 +27,8 @@ class Ingest(Message):
     """Append trials of one session to the training set (deduplicated by image id, repeats kept)."""
 
     kind: Literal["model.ingest"] = "model.ingest"
-    session: str = Field(description="session name (1-64 chars of [A-Za-z0-9_.-])")
-    image_ids: list[str] = Field(description="per trial: the id of the image shown")
+    session: SessionName = Field(description="session name (1-64 chars of [A-Za-z0-9_.-])")
+    image_ids: ImageIds = Field(description="per trial: the id of the image shown")
     counts: Array = Field(description="(trials, neurons) spike counts, finite and >= 0")
     images: Array | None = Field(default=None, description="(U, H, W, 3) uint8 pixels of ids the server lacks")
 
@@ -30,29 +37,33 @@ class Train(Message):
     """Start training the ensemble in the background; progress comes as TrainProgress events."""
 
     kind: Literal["model.train"] = "model.train"
-    sessions: list[str] | None = Field(default=None, description="sessions to train on (all when None)")
+    sessions: list[SessionName] | None = Field(default=None, max_length=10_000,
+                                              description="sessions to train on (all when None)")
     members: int | None = Field(default=None, ge=1, le=64)
-    max_epochs: int | None = Field(default=None, ge=1)
-    time_budget_s: float | None = Field(default=None, gt=0)
+    max_epochs: int | None = Field(default=None, ge=1, le=100_000)
+    time_budget_s: float | None = Field(default=None, gt=0, le=30 * 24 * 3600)
     loss: Literal["poisson", "gaussian"] | None = None
     warm_start: bool = Field(default=True, description="continue from the current version where compatible")
 
 
 class CancelTraining(Message):
     kind: Literal["model.cancel"] = "model.cancel"
+    #: admitted even when the server is at its concurrency bound (wire.transport.RpcServer)
+    always_admitted: ClassVar[bool] = True
 
 
 class Status(Message):
     kind: Literal["model.status"] = "model.status"
+    always_admitted: ClassVar[bool] = True
 
 
 class Predict(Message):
     """Predicted responses of a session's neurons to images, from the current (or a given) version."""
 
     kind: Literal["model.predict"] = "model.predict"
-    session: str
+    session: Annotated[str, Field(min_length=1, max_length=256)]
     images: Array = Field(description="(N, H, W, 3) uint8")
-    version: str | None = None
+    version: VersionId | None = None
 
 
 class ListVersions(Message):
@@ -61,15 +72,27 @@ class ListVersions(Message):
 
 class LoadVersion(Message):
     kind: Literal["model.load_version"] = "model.load_version"
-    version: str
+    version: VersionId
 
 
 class ExportVersion(Message):
-    """Write a version to a file holding tensors and plain data only (``torch.load(weights_only=True)``)."""
+    """Export a version: the file a model version is stored as (``torch.save`` of tensors and plain
+    data only, loadable with ``torch.load(weights_only=True)``), written into the server's own
+    exports folder (``<data_dir>/exports/<name>``) and/or sent back in the reply (``inline``).
+
+    ``name`` is a plain file name (letters, digits, ``_-.``, at most 128 characters; never a path:
+    a separator, ``..`` or a leading dot is refused as ``forbidden``); an existing file is refused
+    unless ``overwrite``. ``path`` is the older spelling of ``name`` and takes plain names only.
+    """
 
     kind: Literal["model.export"] = "model.export"
-    version: str | None = Field(default=None, description="the current version when None")
-    path: str = Field(description="file path on the model server's machine")
+    version: VersionId | None = Field(default=None, description="the current version when None")
+    name: str | None = Field(default=None, max_length=128,
+                             description="file name in the server's exports folder (<data_dir>/exports/)")
+    path: str | None = Field(default=None, max_length=4096,
+                             description="deprecated spelling of 'name': a plain file name, never a path")
+    overwrite: bool = Field(default=False, description="replace an existing export of that name")
+    inline: bool = Field(default=False, description="send the file's bytes back in the reply (Exported.data)")
 
 
 # --- replies ---------------------------------------------------------------------------------
@@ -134,8 +157,10 @@ class Versions(Message):
 class Exported(Message):
     kind: Literal["model.exported"] = "model.exported"
     version: str
-    path: str
-    bytes: int
+    path: str | None = Field(default=None, description="the written file on the server's machine (None: inline only)")
+    bytes: int = Field(description="size of the exported file")
+    data: Array | None = Field(default=None, description="inline: the file's bytes as a uint8 array; "
+                               "torch.load(io.BytesIO(data.tobytes()), weights_only=True) reads it")
 
 
 # --- events ------------------------------------------------------------------------------------

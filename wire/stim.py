@@ -18,13 +18,21 @@ time of the flip that first shows it and ``offset`` the time of the flip that fi
 from __future__ import annotations
 
 from enum import StrEnum
-from typing import Literal
+from typing import Annotated, ClassVar, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
 from wire.base import Array, Message
 
 STIM_TRIAL_TOPIC = "stim.trial"
+
+#: an image id as a command carries it (content hashes are 32 characters)
+ImageId = Annotated[str, Field(max_length=128)]
+#: most images one stim.load carries, and most trials (TrialSpecs) one block holds
+MAX_IMAGES_PER_LOAD = 100_000
+MAX_TRIALS_PER_BLOCK = 100_000
+#: most refreshes one trial's ON or OFF period lasts (about 28 minutes at 60 Hz)
+MAX_FRAMES = 100_000
 
 
 class TrialEvent(Message):
@@ -60,9 +68,11 @@ class LoadImages(Message):
     """
 
     kind: Literal["stim.load"] = "stim.load"
-    image_ids: list[str] = Field(min_length=1, description="content hash (wire.base.image_id) of each image, in order")
+    image_ids: list[ImageId] = Field(min_length=1, max_length=MAX_IMAGES_PER_LOAD,
+                                     description="content hash (wire.base.image_id) of each image, in order")
     pixels: Array | None = Field(default=None, description="uint8 (N, H, W, 3): all images in one array")
-    images: list[Array] | None = Field(default=None, description="N uint8 (H, W, 3) arrays, one per image")
+    images: list[Array] | None = Field(default=None, max_length=MAX_IMAGES_PER_LOAD,
+                                       description="N uint8 (H, W, 3) arrays, one per image")
 
     @model_validator(mode="after")
     def _one_source(self) -> LoadImages:
@@ -75,7 +85,7 @@ class CheckImages(Message):
     """Which of these ids the server's cache lacks (send only those with LoadImages)."""
 
     kind: Literal["stim.check"] = "stim.check"
-    image_ids: list[str] = Field(description="content hashes to look up")
+    image_ids: list[ImageId] = Field(max_length=1_000_000, description="content hashes to look up")
 
 
 class TrialSpec(BaseModel):
@@ -83,10 +93,10 @@ class TrialSpec(BaseModel):
 
     model_config = ConfigDict(extra="forbid")
 
-    image_id: str = Field(description="content hash of a loaded image")
-    on_frames: int = Field(gt=0, description="refreshes the image stays on (>= 1)")
-    off_frames: int = Field(gt=0, description="refreshes of blank screen after it (>= 1)")
-    repeats: int = Field(default=1, gt=0, description="consecutive presentations of this spec (>= 1)")
+    image_id: ImageId = Field(description="content hash of a loaded image")
+    on_frames: int = Field(gt=0, le=MAX_FRAMES, description="refreshes the image stays on (>= 1)")
+    off_frames: int = Field(gt=0, le=MAX_FRAMES, description="refreshes of blank screen after it (>= 1)")
+    repeats: int = Field(default=1, gt=0, le=10_000, description="consecutive presentations of this spec (>= 1)")
 
 
 class FixationSpot(BaseModel):
@@ -94,7 +104,7 @@ class FixationSpot(BaseModel):
 
     model_config = ConfigDict(extra="forbid")
 
-    size_deg: float = Field(default=0.2, gt=0, description="diameter in degrees of visual angle")
+    size_deg: float = Field(default=0.2, gt=0, le=360, description="diameter in degrees of visual angle")
     position_deg: tuple[float, float] = Field(default=(0.0, 0.0), description="centre (x, y) in degrees")
     color: tuple[float, float, float] = Field(default=(1.0, 0.0, 0.0), description="RGB in 0..1")
 
@@ -103,12 +113,13 @@ class PresentBlock(Message):
     """Show an ordered list of trials; the reply (:class:`BlockResult`) comes when the block ends."""
 
     kind: Literal["stim.present"] = "stim.present"
-    block_id: str = Field(min_length=1, description="id of this block (echoed in every TrialEvent)")
-    trials: list[TrialSpec] = Field(min_length=1, description="trials in presentation order")
+    block_id: str = Field(min_length=1, max_length=256, description="id of this block (echoed in every TrialEvent)")
+    trials: list[TrialSpec] = Field(min_length=1, max_length=MAX_TRIALS_PER_BLOCK,
+                                    description="trials in presentation order")
     fixation: FixationSpot | None = Field(default=None, description="fixation spot to draw, if any")
     wait_for_fixation: bool = Field(default=False, description="hold each onset until the rig reports fixation "
                                     "(stim.fixation), up to fixation_timeout")
-    fixation_timeout: float = Field(default=5.0, gt=0, description="seconds to wait for fixation before the block "
+    fixation_timeout: float = Field(default=5.0, gt=0, le=3600, description="seconds to wait for fixation before the block "
                                     "ends with status 'fixation_timeout'")
 
 
@@ -117,16 +128,19 @@ class PauseBlock(Message):
     after resume (it is not reported); an OFF period in progress restarts in full after resume."""
 
     kind: Literal["stim.pause"] = "stim.pause"
+    always_admitted: ClassVar[bool] = True  # an operator is never told "busy"
 
 
 class ResumeBlock(Message):
     kind: Literal["stim.resume"] = "stim.resume"
+    always_admitted: ClassVar[bool] = True  # an operator is never told "busy"
 
 
 class AbortBlock(Message):
     """End the running block at the next frame; its PresentBlock reply lists the trials shown so far."""
 
     kind: Literal["stim.abort"] = "stim.abort"
+    always_admitted: ClassVar[bool] = True  # an operator is never told "busy"
 
 
 class SetFixation(Message):
@@ -138,6 +152,7 @@ class SetFixation(Message):
 
 class GetStimStatus(Message):
     kind: Literal["stim.status"] = "stim.status"
+    always_admitted: ClassVar[bool] = True  # an operator is never told "busy"
 
 
 # --- replies -------------------------------------------------------------------------

@@ -20,6 +20,7 @@ import torch
 from torch.nn import functional as F
 
 from modelserver.compact import preprocess
+from modelserver.generate.limits import StopCheck, stop_point
 from modelserver.generate.models import Ensemble, Generated, Pick, check_neurons, model_name
 from modelserver.generate.pool import ImagePool, check_k
 from wire.errors import InvalidRequest
@@ -69,7 +70,8 @@ STRATEGIES: tuple[str, ...] = Strategy.__args__  # type: ignore[attr-defined]
 
 
 def _scores(ensemble: Ensemble, pool: ImagePool, cand: np.ndarray, cols: torch.Tensor, strategy: str,
-            ref_idx: np.ndarray, batch_size: int, device: torch.device | str) -> np.ndarray:
+            ref_idx: np.ndarray, batch_size: int, device: torch.device | str,
+            should_stop: StopCheck | None = None) -> np.ndarray:
     """Acquisition score of each candidate (higher: more informative).
 
     ``ensemble_variance``: sum over neurons of the members' variance, each neuron's divided by its
@@ -81,6 +83,7 @@ def _scores(ensemble: Ensemble, pool: ImagePool, cand: np.ndarray, cols: torch.T
         out = []
         with torch.no_grad():
             for s in range(0, len(idx), batch_size):
+                stop_point(should_stop, "gen.active")
                 pred = ensemble(preprocess(pool.read(idx[s: s + batch_size]), device=device))
                 if pred.ndim != 3:
                     raise InvalidRequest(f"an ensemble must return (members, N, neurons), got {tuple(pred.shape)}")
@@ -98,12 +101,14 @@ def _scores(ensemble: Ensemble, pool: ImagePool, cand: np.ndarray, cols: torch.T
 def active_pool(ensemble: Ensemble, pool: ImagePool, k: int, min_distance: float = 0.04,
                 neurons: Sequence[int] | None = None, reference: int = 1024, seed: int = 0,
                 batch_size: int = 256, device: torch.device | str = "cpu", strategy: str = "ensemble_variance",
-                candidates: int | None = None, exclude: Collection[str] = ()) -> Generated:
+                candidates: int | None = None, exclude: Collection[str] = (),
+                should_stop: StopCheck | None = None) -> Generated:
     """Top ``k`` of ``candidates`` random pool images (all: None) by ``strategy``, without near-duplicates
     and without the images in ``exclude`` (ids already shown or picked: a prefetched request made
     before the last picks were shown must not pick them again).
 
     ``random`` scores nothing: a seeded random order of the candidates (the control policy).
+    ``should_stop`` is tested before every scored batch (a true answer raises ``Cancelled``).
     """
     if strategy not in STRATEGIES:
         raise InvalidRequest(f"unknown active-learning strategy {strategy!r}: one of {', '.join(STRATEGIES)}")
@@ -126,7 +131,7 @@ def active_pool(ensemble: Ensemble, pool: ImagePool, k: int, min_distance: float
         scores = np.zeros(len(cand))
         order = rng.permutation(len(cand))
     else:
-        scores = _scores(ensemble, pool, cand, cols, strategy, ref_idx, batch_size, device)
+        scores = _scores(ensemble, pool, cand, cols, strategy, ref_idx, batch_size, device, should_stop)
         order = np.argsort(-scores, kind="stable")
     chosen_pos = diverse_greedy(order, lambda pos: pool.read(cand[pos]), k, min_distance)
     if len(chosen_pos) < k:

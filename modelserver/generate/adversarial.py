@@ -16,6 +16,7 @@ from typing import Literal
 import numpy as np
 import torch
 
+from modelserver.generate.limits import StopCheck, stop_point
 from modelserver.generate.models import (
     Generated,
     Pick,
@@ -55,8 +56,10 @@ def _integerize(delta: torch.Tensor, max_abs: float, max_l2: float | None) -> to
 def adversarial(model: ResponseModel, base_images: np.ndarray, neurons: Sequence[int],
                 direction: Literal["+", "-"] = "+", max_abs: float = 8.0, max_l2: float | None = None,
                 step: float = 1.0, steps: int | None = None, device: torch.device | str = "cpu",
-                dtype: torch.dtype = torch.float32) -> Generated:
-    """One adversarial image per (base image, neuron) pair: ``base_images[i]`` for ``neurons[i]``."""
+                dtype: torch.dtype = torch.float32, should_stop: StopCheck | None = None) -> Generated:
+    """One adversarial image per (base image, neuron) pair: ``base_images[i]`` for ``neurons[i]``.
+
+    ``should_stop`` is tested before every step (a true answer raises ``Cancelled``)."""
     base_u8 = np.asarray(base_images)
     if base_u8.dtype != np.uint8 or base_u8.ndim != 4 or base_u8.shape[-1] != 3:
         raise InvalidRequest(f"base images must be uint8 (N, H, W, 3), got {base_u8.dtype} {base_u8.shape}")
@@ -75,6 +78,7 @@ def adversarial(model: ResponseModel, base_images: np.ndarray, neurons: Sequence
         r0 = paired_responses(model, pixels_to_input(base), which)
     delta = torch.zeros_like(base)
     for _ in range(n_steps):
+        stop_point(should_stop, "gen.adversarial")
         delta.requires_grad_(True)
         r = paired_responses(model, pixels_to_input(base + delta), which)
         g, = torch.autograd.grad(sign * r.sum(), delta)

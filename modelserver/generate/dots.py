@@ -13,6 +13,7 @@ import numpy as np
 import torch
 
 from modelserver.compact import preprocess
+from modelserver.generate.limits import StopCheck, stop_point
 from modelserver.generate.models import Generated, Pick, ResponseModel, check_neurons, model_name
 from wire.errors import InvalidRequest
 
@@ -35,7 +36,7 @@ def dot_stimuli(radii: Sequence[float] = (3, 6, 12), counts: Sequence[int] = (1,
                 per_condition: int = 4, seed: int = 0, size: int = 112,
                 background: Sequence[int] = (128, 128, 128), color: Sequence[int] = (255, 255, 255),
                 model: ResponseModel | None = None, neurons: Sequence[int] | None = None,
-                device: torch.device | str = "cpu") -> Generated:
+                device: torch.device | str = "cpu", should_stop: StopCheck | None = None) -> Generated:
     """Dot images for every (radius, count) condition; with ``model``, scored for ``neurons``."""
     if per_condition < 1 or not radii or not counts or min(counts) < 1 or min(radii) <= 0:
         raise InvalidRequest("need positive radii, counts >= 1 and per_condition >= 1")
@@ -45,6 +46,7 @@ def dot_stimuli(radii: Sequence[float] = (3, 6, 12), counts: Sequence[int] = (1,
     for r in radii:
         for c in counts:
             for _ in range(per_condition):
+                stop_point(should_stop, "gen.dots")
                 centers = _place(rng, int(c), float(r), size)
                 mask = np.zeros((size, size), dtype=bool)
                 for cy, cx in centers:

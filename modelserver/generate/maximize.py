@@ -7,6 +7,7 @@ from collections.abc import Sequence
 import numpy as np
 import torch
 
+from modelserver.generate.limits import StopCheck, stop_point
 from modelserver.generate.models import Generated, Pick, ResponseModel, check_neurons, model_name
 from modelserver.generate.pool import ImagePool, check_k, score_batches
 
@@ -35,13 +36,17 @@ class StreamingTopK:
 
 
 def maximize_pool(model: ResponseModel, pool: ImagePool, neurons: Sequence[int], k: int,
-                  batch_size: int = 256, device: torch.device | str = "cpu") -> Generated:
-    """Top ``k`` pool images per requested neuron (neuron-major order), with their model scores."""
+                  batch_size: int = 256, device: torch.device | str = "cpu",
+                  should_stop: StopCheck | None = None) -> Generated:
+    """Top ``k`` pool images per requested neuron (neuron-major order), with their model scores.
+
+    ``should_stop`` is tested before every batch (a true answer raises ``Cancelled``)."""
     neurons = check_neurons(neurons, model.n_neurons)
     k = check_k(k, len(pool))
     cols = torch.tensor(neurons)
     top = StreamingTopK(k, len(neurons))
     for start, out in score_batches(pool, model, batch_size, device):
+        stop_point(should_stop, "gen.maximize")
         top.update(start, out[:, cols.to(out.device)])
     idx = top.indices.T.reshape(-1).numpy()  # (neurons * k), neuron-major
     vals = top.values.T.reshape(-1).numpy()

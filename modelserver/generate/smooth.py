@@ -15,6 +15,7 @@ import numpy as np
 import torch
 
 from modelserver.generate.imageops import gaussian_blur
+from modelserver.generate.limits import StopCheck, stop_point
 from modelserver.generate.models import (
     Generated,
     Pick,
@@ -41,8 +42,11 @@ def _patch_masks(size: int, grid: int, device: torch.device | str, dtype: torch.
 def smooth_images(model: ResponseModel, base_images: np.ndarray, neurons: Sequence[int], grid: int = 8,
                   sigma: float = 4.0, max_patches: int = 16, target_drop: float | None = None,
                   seed: int = 0, batch_size: int = 256, device: torch.device | str = "cpu",
-                  dtype: torch.dtype = torch.float32) -> tuple[Generated, Generated]:
-    """(smooth- images, random-smoothed controls), one of each per (base image, neuron) pair."""
+                  dtype: torch.dtype = torch.float32, should_stop: StopCheck | None = None
+                  ) -> tuple[Generated, Generated]:
+    """(smooth- images, random-smoothed controls), one of each per (base image, neuron) pair.
+
+    ``should_stop`` is tested before every model batch (a true answer raises ``Cancelled``)."""
     base_u8 = np.asarray(base_images)
     if base_u8.dtype != np.uint8 or base_u8.ndim != 4 or base_u8.shape[-1] != 3:
         raise InvalidRequest(f"base images must be uint8 (N, H, W, 3), got {base_u8.dtype} {base_u8.shape}")
@@ -64,9 +68,12 @@ def smooth_images(model: ResponseModel, base_images: np.ndarray, neurons: Sequen
         return base[idx] * (1 - mask) + blurred[idx] * mask
 
     def respond(x: torch.Tensor, who: torch.Tensor) -> torch.Tensor:
+        outs = []
         with torch.no_grad():
-            return torch.cat([paired_responses(model, pixels_to_input(x[s: s + batch_size]),
-                                               who[s: s + batch_size]) for s in range(0, len(x), batch_size)])
+            for s in range(0, len(x), batch_size):
+                stop_point(should_stop, "gen.smooth")
+                outs.append(paired_responses(model, pixels_to_input(x[s: s + batch_size]), who[s: s + batch_size]))
+        return torch.cat(outs)
 
     r0 = respond(base, which).cpu()
     current = r0.clone()

@@ -20,6 +20,7 @@ import numpy as np
 import torch
 
 from modelserver.generate.imageops import gaussian_blur, lp_norm_term, total_variation
+from modelserver.generate.limits import StopCheck, stop_point
 from modelserver.generate.models import (
     Generated,
     Pick,
@@ -62,8 +63,10 @@ def _away_from_siblings(x: torch.Tensor, per_neuron: int) -> torch.Tensor:
 
 def synthesize(model: ResponseModel, neurons: Sequence[int], per_neuron: int = 1, seed: int = 0,
                config: SynthesisConfig | None = None, device: torch.device | str = "cpu",
-               dtype: torch.dtype = torch.float32) -> Generated:
-    """``per_neuron`` synthesized images for each requested neuron (neuron-major order)."""
+               dtype: torch.dtype = torch.float32, should_stop: StopCheck | None = None) -> Generated:
+    """``per_neuron`` synthesized images for each requested neuron (neuron-major order).
+
+    ``should_stop`` is tested before every step (a true answer raises ``Cancelled``)."""
     cfg = config or SynthesisConfig()
     cfg.validate()
     neurons = check_neurons(neurons, model.n_neurons)
@@ -74,6 +77,7 @@ def synthesize(model: ResponseModel, neurons: Sequence[int], per_neuron: int = 1
     x = (127.5 + cfg.init_std * torch.randn((len(which), 3, cfg.size, cfg.size), generator=gen,
                                             dtype=torch.float64)).clamp(0, 255).to(device, dtype)
     for t in range(cfg.steps):
+        stop_point(should_stop, "gen.synthesize")
         frac = t / max(cfg.steps - 1, 1)
         x.requires_grad_(True)
         resp = paired_responses(model, pixels_to_input(x), which)

@@ -20,7 +20,7 @@ from wire.transport import RpcClient, RpcServer
 
 async def test_generation_over_the_wire(tmp_path: Path) -> None:
     stack = random_stack(3, seed=2)
-    ctx = LocalGenerationContext(pool_dir=tmp_path, models={"m": stack},
+    ctx = LocalGenerationContext(pool_dir=tmp_path, image_roots=[tmp_path], models={"m": stack},
                                  ensembles={"e": perturbed_ensemble(stack, 2, seed=1)})
     build_pool(tmp_path / "p.h5", [random_images(20, seed=1)])
     with h5py.File(tmp_path / "bad.h5", "w") as f:

@@ -96,7 +96,8 @@ async def test_round_trip(cfg: ModelServerConfig, tmp_path: Path) -> None:
             await client.request(Predict(session="s1", images=imgs[:2].astype(np.float32)), Prediction)
         vs = await client.request(ListVersions(), Versions)
         assert vs.current == version and [v.version for v in vs.versions] == [version]
-        ex = await client.request(ExportVersion(path=str(tmp_path / "export.pt")), Exported)
+        ex = await client.request(ExportVersion(name="export.pt"), Exported)
+        assert ex.path is not None and Path(ex.path).parent.name == "exports"  # the server's own folder
         blob = torch.load(ex.path, weights_only=True)
         assert set(blob["sessions"]) == {"s1"}
         status = await client.request(Status(), ServerStatus)

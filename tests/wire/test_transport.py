@@ -115,7 +115,9 @@ async def _raw_request(endpoint: str, frames: list[bytes]) -> dict:
     ([json.dumps({"v": 1, "id": "r1", "msg": {"kind": "t.echo", "a": {"__nd__": 0, "dtype": "<f8", "shape": [2]}}}).encode(), b"12345678"], "decode"),
     ([json.dumps({"v": 1, "id": "r1", "msg": {"kind": "t.echo"}}).encode()], "decode"),
     ([json.dumps({"v": 1, "id": "r1", "msg": {"kind": "t.nope"}}).encode()], "unknown_command"),
-    ([json.dumps({"v": 1, "id": "r1", "msg": {"kind": "t.echo", "a": {"__nd__": 0, "dtype": "|u1", "shape": [2 << 20]}}}).encode(), bytes(2 << 20)], "too_large"),
+    # each frame under the socket's limit (1 MiB), together over it: buffered, then a typed answer
+    ([json.dumps({"v": 1, "id": "r1", "msg": {"kind": "t.echo", "a": {"__nd__": 0, "dtype": "|u1",
+                  "shape": [700_000]}}}).encode(), bytes(700_000), bytes(700_000)], "too_large"),
 ])
 async def test_malformed_frames_get_typed_error_replies(server: RpcServer, frames: list[bytes], code: str) -> None:
     reply = await _raw_request(server.endpoint, frames)
@@ -128,7 +130,8 @@ async def test_malformed_frames_get_typed_error_replies(server: RpcServer, frame
 
 
 async def test_oversized_request_raises_message_too_large(server: RpcServer) -> None:
-    async with RpcClient(server.endpoint) as client:
+    # the client refuses what is over its own limit before sending (the server's socket would drop it)
+    async with RpcClient(server.endpoint, max_bytes=1 << 20) as client:
         with pytest.raises(MessageTooLarge):
             await client.request(Echo(a=np.zeros(2 << 20, np.uint8)), Echoed)
 
