@@ -50,7 +50,9 @@ from controller.store import SessionReader, SessionWriter
 from protocols.library import ProtocolBase
 from protocols.steps import Plan
 from wire.documents import StartDoc, StopDoc
-from wire.errors import DisplayError, StoreError
+from wire.errors import DisplayError, ServerUnavailable, StoreError
+from wire.security import CurveClient, check_client_keys, check_server_keys, is_local_endpoint
+from wire.transport import RpcClient
 
 log = logging.getLogger(__name__)
 
@@ -98,6 +100,13 @@ class Session:
     children: dict[str, Child] = field(default_factory=dict)
     record: dict[str, Any] = field(default_factory=dict)
 
+    def model_client(self, timeout: float = 120.0) -> RpcClient:
+        """A client of the session's modelserver, with the rig file's keys (``async with``)."""
+        if self.model_endpoints is None:
+            raise ServerUnavailable("this session has no modelserver")
+        rpc = self.model_endpoints[0]
+        return RpcClient(rpc, timeout=timeout, curve=_client_keys(self.config, "model", rpc))
+
     async def run(self, plan: Plan | None = None) -> StopDoc:
         """Run the protocol's plan (or ``plan``, e.g. a replay's) to its stop document."""
         return await self.engine.run(plan if plan is not None else self.protocol.plan(),
@@ -130,7 +139,7 @@ async def assemble(cfg: RunConfig, protocol: ProtocolBase, *, resume: bool = Fal
             pixels: dict[str, np.ndarray] = {}
             children: dict[str, Child] = {}
             rpc, events = await stack.enter_async_context(_stimserver(cfg, children))
-            stim = await stack.enter_async_context(StimLink(rpc, events))
+            stim = await stack.enter_async_context(StimLink(rpc, events, curve=_client_keys(cfg, "stim", rpc)))
             model_eps = await stack.enter_async_context(_modelserver(cfg, children))
             models: ModelLink | None = None
             if model_eps is not None:
@@ -173,6 +182,33 @@ async def run_protocol(protocol: ProtocolBase, cfg: RunConfig, *, resume: bool =
 
 
 # --- parts -----------------------------------------------------------------------------------------
+def _server_keys(cfg: RunConfig, part: str) -> list[str]:
+    """The CURVE options of a started child (``part``: stim, model or rig), key files checked; none
+    without a ``keys`` section or when it sets this server to null."""
+    keys = cfg.keys
+    name = getattr(keys, part) if keys is not None else None
+    if keys is None or name is None:
+        return []
+    curve = keys.server(name)
+    check_server_keys(curve)
+    return ["--curve-secret", str(curve.secret_key_file), "--curve-clients", str(curve.allowed_clients_dir)]
+
+
+def _client_keys(cfg: RunConfig, part: str, endpoint: str) -> CurveClient | None:
+    """The controller's CURVE client configuration for a server (``part``: stim, model or rig), key
+    files checked; None without a ``keys`` section or when it sets this server to null."""
+    keys = cfg.keys
+    name = getattr(keys, part) if keys is not None else None
+    if keys is None or name is None:
+        if not is_local_endpoint(endpoint):
+            log.warning("%s at %s is reached without authentication (no keys.%s in the rig file)", part, endpoint,
+                        part)
+        return None
+    curve = keys.client_of(name)
+    check_client_keys(curve)
+    return curve
+
+
 def _open_store(path: Path, resume: bool) -> tuple[SessionWriter, list[Any]]:
     if path.exists():
         if not _has_start(path):
@@ -216,7 +252,7 @@ async def _stimserver(cfg: RunConfig, children: dict[str, Child]) -> AsyncIterat
         return
     args = ["-m", "stimserver", "--log-level", "WARNING", "--presenter", cfg.stim.presenter,
             "--rpc", "tcp://127.0.0.1:0", "--events", "tcp://127.0.0.1:0",
-            "--fake-refresh-hz", str(cfg.stim.refresh_hz), *cfg.stim.extra_args]
+            "--fake-refresh-hz", str(cfg.stim.refresh_hz), *_server_keys(cfg, "stim"), *cfg.stim.extra_args]
     child = await Child.start("stimserver", args, ready="stimserver ready", timeout=60)
     children["stimserver"] = child
     try:
@@ -246,6 +282,7 @@ async def _modelserver(cfg: RunConfig, children: dict[str, Child]) -> AsyncItera
             "--max-epochs", str(max(m.max_epochs, m.session_epochs, m.block_epochs)), "--threads", str(m.threads)]
     if m.v4_dir is not None:
         args += ["--v4-dir", str(m.v4_dir)]
+    args += _server_keys(cfg, "model")
     child = await Child.start("modelserver", args, ready="modelserver ready", timeout=m.start_timeout)
     children["modelserver"] = child
     try:
@@ -265,7 +302,7 @@ async def _model_link(cfg: RunConfig, endpoints: tuple[str, str], session_id: st
     link = ZmqModelLink(endpoints[0], endpoints[1], session_id=session_id, pixels=pixels.__getitem__,
                         base_images=lambda n, seed: [images.images[i] for i in images.take(n, seed)],
                         pool_crops=m.pool_crops, block_epochs=m.block_epochs, session_epochs=m.session_epochs,
-                        timeout=m.timeout)
+                        timeout=m.timeout, curve=_client_keys(cfg, "model", endpoints[0]))
     async with link:
         yield link
 
@@ -295,7 +332,7 @@ async def _acquisition(cfg: RunConfig, events: str, children: dict[str, Child],
             rig_rpc = child.fields()["rpc"]
         rig = None
         if rig_rpc is not None:
-            rig = await stack.enter_async_context(RigLink(rig_rpc))
+            rig = await stack.enter_async_context(RigLink(rig_rpc, curve=_client_keys(cfg, "rig", rig_rpc)))
         sync = acq.sync
         source = (LslSource(spike_name=spikes, marker_name=markers, silence_timeout=acq.silence_timeout)
                   if sync is not None else
@@ -308,7 +345,7 @@ async def _acquisition(cfg: RunConfig, events: str, children: dict[str, Child],
 def _rig_args(cfg: RunConfig, events: str, spikes: str, markers: str) -> list[str]:
     v = cfg.acquisition.virtual
     args = ["-m", "virtualrig", "--stim-events", events, "--spike-stream", spikes, "--sync-stream", markers,
-            "--seed", str(v.seed), "--baseline", str(v.baseline), "--latency", str(v.latency),
+            "--seed", str(v.seed), "--baseline", str(v.baseline), "--latency", str(v.latency), "--delay", str(v.delay),
             "--device", v.device]
     if v.data is not None:
         args += ["--v4-dir", str(v.data)]
@@ -318,6 +355,11 @@ def _rig_args(cfg: RunConfig, events: str, spikes: str, markers: str) -> list[st
             args += ["--neurons", str(v.neurons) if isinstance(v.neurons, int) else ",".join(map(str, v.neurons))]
     else:
         args += ["--n-units", str(v.n_units)]
+    args += _server_keys(cfg, "rig")
+    stim_curve = _client_keys(cfg, "stim", events)  # the rig subscribes to the stimserver as the controller
+    if stim_curve is not None:
+        args += ["--curve-client-secret", str(stim_curve.secret_key_file),
+                 "--curve-server-key", str(stim_curve.server_public_key_file)]
     return [*args, *v.extra_args]
 
 

@@ -15,10 +15,10 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Literal
 
-import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
 from wire.errors import ProtocolError
+from wire.security import CurveClient, CurveServer
 
 #: default TCP ports of servers started by hand (children started by a session bind port 0)
 STIM_PORTS = (5560, 5561)
@@ -40,6 +40,9 @@ class StimConfig(_Cfg):
     def _both_endpoints(self) -> StimConfig:
         if (self.rpc is None) != (self.events is None):
             raise ValueError("a running stimserver needs both rpc and events endpoints")
+        if self.rpc is not None and (self.presenter != "fake" or self.extra_args or "refresh_hz" in self.model_fields_set):
+            raise ValueError("presenter, refresh_hz and extra_args configure a stimserver started here: with rpc "
+                             "and events (a running server) set them on that server's command line")
         return self
 
 
@@ -56,6 +59,8 @@ class VirtualRigConfig(_Cfg):
     n_units: int = Field(default=24, ge=1, le=10_000, description="synthetic units when no models are given")
     baseline: float = Field(default=5.0, ge=0, description="baseline rate (spikes/s)")
     latency: float = Field(default=0.05, ge=0, description="response latency (s)")
+    delay: float = Field(default=0.5, gt=0, le=10, description="streaming delay behind real time (s): a trial "
+                                                               "event must reach the rig within it")
     seed: int = 0
     device: str = Field(default="cpu", description="torch device of the compact models")
     extra_args: list[str] = Field(default_factory=list, description="more `python -m virtualrig` options")
@@ -143,6 +148,42 @@ class BusConfig(_Cfg):
     password: str | None = None
 
 
+class KeysConfig(_Cfg):
+    """ZeroMQ CURVE for every server and client of the session (``docs/security.md``, "Authentication").
+
+    ``folder`` holds the files ``cortexloop keys generate FOLDER NAME`` writes. The controller is the
+    client ``client`` (``client.key_secret``); each server is named by its key pair: a started child
+    gets ``NAME.key_secret`` and the allowed-clients folder (``allowed_clients``, default ``folder``,
+    whose every public ``*.key`` is admitted), a running server is reached with its public ``NAME.key``.
+    A server set to ``null`` is reached (or started) without CURVE. The virtual rig subscribes to the
+    stimserver's events with the controller's client keys."""
+
+    folder: Path = Field(description="folder of the key files (`cortexloop keys generate FOLDER NAME`)")
+    client: str = Field(default="controller", description="the controller's key pair (NAME.key_secret)")
+    stim: str | None = Field(default="stimserver", description="the stimserver's key pair (null: no CURVE)")
+    model: str | None = Field(default="modelserver", description="the modelserver's key pair (null: no CURVE)")
+    rig: str | None = Field(default="virtualrig", description="the virtual rig's key pair (null: no CURVE)")
+    allowed_clients: Path | None = Field(default=None, description="folder of the clients started servers admit "
+                                                                   "(public NAME.key files; default: folder)")
+
+    @model_validator(mode="after")
+    def _plain_names(self) -> KeysConfig:
+        for what, name in (("client", self.client), ("stim", self.stim), ("model", self.model), ("rig", self.rig)):
+            if name is not None and (not name or name != Path(name).name or name.startswith(".")):
+                raise ValueError(f"keys.{what}: {name!r} is not a plain key name (NAME of NAME.key in the folder)")
+        return self
+
+    def server(self, name: str) -> CurveServer:
+        """A started server's configuration: its secret file and the allowed clients' folder."""
+        return CurveServer(secret_key_file=(self.folder / f"{name}.key_secret").absolute(),
+                           allowed_clients_dir=(self.allowed_clients or self.folder).absolute())
+
+    def client_of(self, name: str) -> CurveClient:
+        """The controller's client configuration for the server whose key pair is ``name``."""
+        return CurveClient(secret_key_file=(self.folder / f"{self.client}.key_secret").absolute(),
+                           server_public_key_file=(self.folder / f"{name}.key").absolute())
+
+
 class RunConfig(_Cfg):
     rig: str = "rig1"
     subject: str = "virtual"
@@ -154,6 +195,8 @@ class RunConfig(_Cfg):
     images: ImagesConfig = Field(default_factory=ImagesConfig)
     model: ModelConfig = Field(default_factory=ModelConfig)
     bus: BusConfig = Field(default_factory=BusConfig)
+    keys: KeysConfig | None = Field(default=None, description="CURVE keys for every server and client "
+                                                              "(None: no CURVE anywhere)")
 
     def model_dir(self) -> Path:
         return self.model.data_dir if self.model.data_dir is not None else self.out_dir / "modelserver"
@@ -172,13 +215,23 @@ def load_config(path: str | Path | None, overrides: dict[str, object] | None = N
             return RunConfig.model_validate(overrides or {})
         except ValidationError as exc:
             raise _errors("(defaults)", exc) from exc
+    from protocols.errors import ProtocolValidationError
+    from protocols.loader import load_yaml, read_text_file
+
     p = Path(path)
+    # bounded like a protocol file: at most 1 MiB of UTF-8, 100 levels deep, 100,000 values with
+    # YAML aliases expanded; each problem is a ProtocolError naming the file, never a traceback
     try:
-        data = yaml.safe_load(p.read_text(encoding="utf-8")) or {}
-    except (OSError, UnicodeDecodeError) as exc:
-        raise ProtocolError(f"cannot read rig configuration {p}: {exc}") from exc
-    except yaml.YAMLError as exc:
-        raise ProtocolError(f"{p}: not YAML: {exc}") from exc
+        text = read_text_file(p)
+    except ProtocolValidationError as exc:
+        raise ProtocolError(f"cannot read rig configuration {p}: "
+                            f"{exc.problems[0].message.removeprefix('cannot read: ')}") from exc
+    try:
+        data = load_yaml(text, str(p))[1] or {}
+    except ProtocolValidationError as exc:
+        q = exc.problems[0]
+        at = f" (line {q.line}{f', column {q.column}' if q.column else ''})" if q.line else ""
+        raise ProtocolError(f"{p}: not YAML{at}: {q.message}") from exc
     if not isinstance(data, dict):
         raise ProtocolError(f"{p}: a rig configuration is a mapping, got {type(data).__name__}")
     try:

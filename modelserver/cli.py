@@ -28,17 +28,42 @@ def serve_cmd(
     members: int = typer.Option(4, help="ensemble members"),
     max_epochs: int = typer.Option(30, help="epochs per training job at most"),
     v4_dir: Path | None = typer.Option(None, help="V4 data folder: its images feed the candidate pools"),
+    image_root: list[Path] = typer.Option([], "--image-root", help="a folder clients may build pools from "
+                                                                  "(repeatable; --v4-dir counts as one)"),
+    curve_secret: Path | None = typer.Option(None, help="this server's NAME.key_secret: CURVE on (with "
+                                                        "--curve-clients)"),
+    curve_clients: Path | None = typer.Option(None, help="folder of the allowed clients' public NAME.key files"),
+    insecure: bool = typer.Option(False, "--insecure", help="allow binding beyond loopback without CURVE"),
     verbose: bool = typer.Option(False, "--verbose", "-v"),
 ) -> None:
-    """Serve ``wire.model`` commands until interrupted."""
+    """Serve ``wire.model`` commands until interrupted.
+
+    Endpoints other machines can reach (not loopback or ipc://) are bound only with CURVE
+    (--curve-secret and --curve-clients), or with --insecure."""
+    from wire.errors import CortexloopError
+    from wire.security import check_bind, check_server_keys, curve_server
+
+    def fail(message: str) -> NoReturn:
+        typer.echo(f"modelserver: error: {' '.join(message.split())}", err=True)
+        raise typer.Exit(1)
+
     logging.basicConfig(level=logging.INFO if verbose else logging.WARNING,
                         format="%(asctime)s %(name)s %(levelname)s %(message)s")
+    try:  # before anything is opened: a refused bind is one line, not a traceback
+        curve = curve_server(curve_secret, curve_clients)
+        if curve is not None:
+            check_server_keys(curve)
+        for ep in (endpoint, events):
+            check_bind(ep, curve, insecure, server="modelserver")
+    except CortexloopError as exc:
+        fail(str(exc))
     if device == "auto":
         import torch
 
         device = "cuda" if torch.cuda.is_available() else "cpu"
     cfg = ModelServerConfig(data_dir=data_dir, endpoint=endpoint, events_endpoint=events, device=device,
-                            threads=threads or None, v4_dir=v4_dir,
+                            threads=threads or None, v4_dir=v4_dir, curve=curve, insecure=insecure,
+                            image_roots=list(image_root),
                             ensemble=EnsembleConfig(members=members, max_epochs=max_epochs))
 
     def ready(server: ModelServer) -> None:
@@ -49,6 +74,8 @@ def serve_cmd(
         asyncio.run(serve(cfg, ready))
     except KeyboardInterrupt:
         sys.exit(0)
+    except CortexloopError as exc:  # e.g. an endpoint in use
+        fail(str(exc))
 
 
 @app.command("info")

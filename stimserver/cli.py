@@ -11,12 +11,16 @@ import asyncio
 import contextlib
 import logging
 import signal
-from typing import Annotated
+import sys
+from pathlib import Path
+from typing import Annotated, NoReturn
 
 import typer
 
 from stimserver.presenter import PHOTODIODE_CORNERS, MonitorProfile, Presenter, PresenterConfig
 from stimserver.server import StimServer
+from wire.errors import CortexloopError
+from wire.security import CurveServer, check_bind, check_server_keys, curve_server
 
 app = typer.Typer(add_completion=False, help="The PsychoPy stimulus server.")
 
@@ -41,6 +45,27 @@ def make_presenter(kind: str, config: PresenterConfig, *, fake_refresh_hz: float
 
         return FakePresenter(config, refresh_hz=fake_refresh_hz, realtime=fake_realtime)
     raise typer.BadParameter(f"presenter must be 'psychopy' or 'fake', not {kind!r}")
+
+
+def _fail(message: str) -> NoReturn:
+    """One line on stderr, exit status 1: a configuration error is not a traceback."""
+    print(f"stimserver: error: {' '.join(message.split())}", file=sys.stderr, flush=True)
+    raise typer.Exit(1)
+
+
+def server_security(rpc: str, events: str, secret: Path | None, clients: Path | None,
+                    insecure: bool) -> CurveServer | None:
+    """The CURVE configuration of ``--curve-secret``/``--curve-clients``, checked before anything opens;
+    endpoints other machines can reach need it (or ``--insecure``). Exits with one line otherwise."""
+    try:
+        curve = curve_server(secret, clients)
+        if curve is not None:
+            check_server_keys(curve)
+        for endpoint in (rpc, events):
+            check_bind(endpoint, curve, insecure, server="stimserver")
+    except CortexloopError as exc:
+        _fail(str(exc))
+    return curve
 
 
 async def serve(server: StimServer) -> None:
@@ -80,12 +105,22 @@ def run(
     fake_realtime: Annotated[bool, typer.Option(help="fake presenter flips in real time")] = True,
     max_images: Annotated[int | None, typer.Option(min=1, help="cache bound: least recently used images beyond "
                                                    "it are dropped (default: unbounded)")] = None,
+    curve_secret: Annotated[Path | None, typer.Option(help="this server's NAME.key_secret: CURVE on (with "
+                                                      "--curve-clients)")] = None,
+    curve_clients: Annotated[Path | None, typer.Option(help="folder of the allowed clients' public NAME.key "
+                                                       "files")] = None,
+    insecure: Annotated[bool, typer.Option("--insecure", help="allow binding beyond loopback without CURVE")
+                        ] = False,
     log_level: Annotated[str, typer.Option(help="logging level")] = "INFO",
 ) -> None:
-    """Serve stim.* commands on RPC and publish a TrialEvent per trial on EVENTS."""
+    """Serve stim.* commands on RPC and publish a TrialEvent per trial on EVENTS.
+
+    Endpoints other machines can reach (not loopback or ipc://) are bound only with CURVE
+    (--curve-secret and --curve-clients), or with --insecure."""
     if photodiode_corner not in PHOTODIODE_CORNERS:
         raise typer.BadParameter(f"--photodiode-corner must be one of {sorted(PHOTODIODE_CORNERS)}")
     logging.basicConfig(level=log_level.upper(), format="%(asctime)s %(name)s %(levelname)s %(message)s")
+    curve = server_security(rpc, events, curve_secret, curve_clients, insecure)
     config = PresenterConfig(
         monitor=MonitorProfile(distance_cm=monitor_distance_cm, width_cm=monitor_width_cm,
                                resolution=_pair(monitor_resolution, "--monitor-resolution")),
@@ -94,7 +129,10 @@ def run(
         photodiode_size_px=photodiode_size_px, refresh_hz=refresh_hz, screen=screen,
     )
     pres = make_presenter(presenter, config, fake_refresh_hz=fake_refresh_hz, fake_realtime=fake_realtime)
-    asyncio.run(serve(StimServer(pres, rpc, events, max_images=max_images)))
+    try:
+        asyncio.run(serve(StimServer(pres, rpc, events, max_images=max_images, curve=curve, insecure=insecure)))
+    except CortexloopError as exc:  # e.g. an endpoint in use: one line, not a traceback
+        _fail(str(exc))
 
 
 def main() -> None:

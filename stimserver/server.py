@@ -19,7 +19,8 @@ from stimserver.cache import ImageCache, images_of
 from stimserver.frameloop import BlockControl, run_block
 from stimserver.presenter import Presenter
 from wire.base import Message
-from wire.errors import Busy, DisplayError, InvalidRequest, NotFound, StateError, StimError
+from wire.errors import Busy, DisplayError, InvalidRequest, LimitExceeded, NotFound, StateError, StimError
+from wire.security import CurveServer, check_bind
 from wire.stim import (
     AbortBlock,
     BlockResult,
@@ -53,12 +54,18 @@ TRANSITIONS: dict[tuple[StimState, str], StimState] = {
 
 
 class StimServer:
-    """``async with StimServer(presenter, rpc_endpoint, events_endpoint) as srv:`` serves until exit."""
+    """``async with StimServer(presenter, rpc_endpoint, events_endpoint) as srv:`` serves until exit.
+
+    ``curve`` makes both sockets CURVE servers (only the allowed clients get replies or events);
+    without it, endpoints other machines can reach are refused unless ``insecure`` (see
+    :func:`wire.security.check_bind`)."""
 
     def __init__(self, presenter: Presenter, rpc_endpoint: str = "tcp://127.0.0.1:0",
                  events_endpoint: str = "tcp://127.0.0.1:0", *, name: str = "stimserver",
-                 max_images: int | None = None) -> None:
+                 max_images: int | None = None, curve: CurveServer | None = None, insecure: bool = False) -> None:
         self.presenter = presenter
+        self.curve = curve
+        self.insecure = insecure
         self.cache = ImageCache(max_images)
         self.state = StimState.IDLE
         self.display_error: str | None = None
@@ -86,7 +93,9 @@ class StimServer:
         return self._pub.endpoint if self._pub is not None else self._events_endpoint
 
     async def start(self) -> None:
-        self._pub = EventPublisher(self._events_endpoint, name=f"{self._name}-events")
+        for endpoint in (self._rpc_endpoint, self._events_endpoint):  # before anything is bound
+            check_bind(endpoint, self.curve, self.insecure, server=self._name)
+        self._pub = EventPublisher(self._events_endpoint, name=f"{self._name}-events", curve=self.curve)
         self._publisher = asyncio.create_task(self._publish_loop(), name=f"{self._name}-publisher")
         with contextlib.suppress(DisplayError):  # keep serving: status tells why, present retries
             await self._open_display()
@@ -95,7 +104,7 @@ class StimServer:
             ResumeBlock: self.resume, AbortBlock: self.abort, SetFixation: self.set_fixation,
             GetStimStatus: self.status,
         }
-        self._rpc = RpcServer(self._rpc_endpoint, handlers, name=self._name)
+        self._rpc = RpcServer(self._rpc_endpoint, handlers, name=self._name, curve=self.curve)
         await self._rpc.start()
 
     async def stop(self) -> None:
@@ -191,9 +200,28 @@ class StimServer:
             if not self.presenter.is_prepared(key):
                 self.presenter.prepare(key, self.cache.get(key))
 
+    #: most trials one block may show (repeats expanded): its reply lists every one of them
+    max_block_trials: int = 100_000
+    #: longest block, estimated from its frames at the measured refresh rate (60 Hz until measured)
+    max_block_seconds: float = 4 * 3600.0
+
+    def _check_block_size(self, cmd: PresentBlock) -> None:
+        """Refuse a block whose size or duration estimate exceeds the limits (LimitExceeded)."""
+        trials = sum(t.repeats for t in cmd.trials)
+        if trials > self.max_block_trials:
+            raise LimitExceeded(f"block {cmd.block_id!r} has {trials:,} trials (repeats expanded), more than this "
+                                f"server's limit of {self.max_block_trials:,} (StimServer.max_block_trials)")
+        frames = sum((t.on_frames + t.off_frames) * t.repeats for t in cmd.trials)
+        period = self.presenter.refresh_period or 1 / 60
+        if frames * period > self.max_block_seconds:
+            raise LimitExceeded(f"block {cmd.block_id!r} lasts {frames:,} frames (about {frames * period:,.0f} s), "
+                                f"longer than this server's limit of {self.max_block_seconds:,.0f} s "
+                                f"(StimServer.max_block_seconds)")
+
     async def present(self, cmd: PresentBlock) -> BlockResult:
         if self.state is not StimState.IDLE:
             raise Busy(f"block {self._block_id!r} is {self.state.value}; abort it or wait for its end")
+        self._check_block_size(cmd)
         missing = self.cache.missing([t.image_id for t in cmd.trials])
         if missing:
             more = f" and {len(missing) - 3} more" if len(missing) > 3 else ""

@@ -3,7 +3,11 @@
 Runs the virtual rig as its own process. Prints one line ``virtualrig rpc=<endpoint>`` on
 stdout when it is serving (after its LSL streams exist, so a parent can connect), then serves
 until SIGINT/SIGTERM, or until the ``--parent-pid`` process ends. A configuration error (an
-unknown session, neurons out of range) is one line on stderr and exit status 1.
+unknown session, neurons out of range, an RPC endpoint other machines can reach without CURVE or
+``--insecure``, a missing key file) is one line on stderr and exit status 1.
+
+CURVE: ``--curve-secret`` / ``--curve-clients`` secure the rig's RPC; ``--curve-client-secret`` /
+``--curve-server-key`` are the rig's client keys for its subscription to a CURVE stimserver.
 """
 
 from __future__ import annotations
@@ -24,6 +28,15 @@ from virtualrig.spikes import ResponseParams
 from virtualrig.watchdog import watch_process
 from wire.acq import LSL_MARKER_NAME, LSL_SPIKE_NAME
 from wire.errors import CortexloopError, InvalidRequest, ModelError
+from wire.security import (
+    CurveClient,
+    CurveServer,
+    check_bind,
+    check_client_keys,
+    check_server_keys,
+    curve_client,
+    curve_server,
+)
 
 log = logging.getLogger("virtualrig")
 
@@ -117,8 +130,32 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--sync-stream", default=LSL_MARKER_NAME)
     p.add_argument("--parent-pid", type=int, metavar="PID",
                    help="exit when this process ends (checked every second; e.g. the controller's PID)")
+    sec = p.add_argument_group("authentication (ZeroMQ CURVE; keys from `cortexloop keys generate`)")
+    sec.add_argument("--curve-secret", type=Path, metavar="FILE",
+                     help="the rig's NAME.key_secret: its RPC is a CURVE server (with --curve-clients)")
+    sec.add_argument("--curve-clients", type=Path, metavar="DIR",
+                     help="folder of the allowed clients' public NAME.key files")
+    sec.add_argument("--insecure", action="store_true",
+                     help="allow an RPC endpoint beyond loopback without CURVE")
+    sec.add_argument("--curve-client-secret", type=Path, metavar="FILE",
+                     help="the rig's client NAME.key_secret for the stimserver's events (with --curve-server-key)")
+    sec.add_argument("--curve-server-key", type=Path, metavar="FILE",
+                     help="the stimserver's public NAME.key")
     p.add_argument("-v", "--verbose", action="store_true")
     return p.parse_args(argv)
+
+
+def security(args: argparse.Namespace) -> tuple[CurveServer | None, CurveClient | None]:
+    """(the RPC's CURVE server config, the subscription's CURVE client config), key files checked and the
+    RPC endpoint allowed by :func:`wire.security.check_bind`; a WireError says what is wrong."""
+    server = curve_server(args.curve_secret, args.curve_clients)
+    client = curve_client(args.curve_client_secret, args.curve_server_key)
+    if server is not None:
+        check_server_keys(server)
+    if client is not None:
+        check_client_keys(client)
+    check_bind(args.rpc, server, args.insecure, server="virtualrig")
+    return server, client
 
 
 def build_model(args: argparse.Namespace, truth: GroundTruth) -> RateModel:
@@ -130,7 +167,8 @@ def build_model(args: argparse.Namespace, truth: GroundTruth) -> RateModel:
                            hi=args.max_rate, device=args.device)
 
 
-async def amain(args: argparse.Namespace, truth: GroundTruth) -> None:
+async def amain(args: argparse.Namespace, truth: GroundTruth, curve: CurveServer | None = None,
+                stim_curve: CurveClient | None = None) -> None:
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGINT, signal.SIGTERM):
@@ -150,7 +188,8 @@ async def amain(args: argparse.Namespace, truth: GroundTruth) -> None:
     params = ResponseParams(latency=args.latency, baseline=args.baseline, fano=args.fano)
     rig = VirtualRig(model, stim_events=args.stim_events, rpc=args.rpc, params=params, delay=args.delay,
                      clock=ClockMap(offset=args.clock_offset, scale=1 + args.clock_drift), seed=args.seed,
-                     spike_name=args.spike_stream, sync_name=args.sync_stream)
+                     spike_name=args.spike_stream, sync_name=args.sync_stream, curve=curve,
+                     insecure=args.insecure, stim_curve=stim_curve)
     try:
         async with rig:
             # exactly this line (parents parse "rpc=" to the end); stream names are in rig.status
@@ -166,8 +205,9 @@ def main(argv: list[str] | None = None) -> None:
     logging.basicConfig(level=logging.DEBUG if args.verbose else logging.INFO,
                         format="%(asctime)s %(name)s %(levelname)s %(message)s")
     try:
+        curve, stim_curve = security(args)  # before the models load: a refused bind fails at once
         truth = ground_truth(args)
-        asyncio.run(amain(args, truth))
+        asyncio.run(amain(args, truth, curve, stim_curve))
     except (CortexloopError, FileNotFoundError) as exc:  # a configuration error: one line, no traceback
         print(f"virtualrig: error: {' '.join(str(exc).split())}", file=sys.stderr, flush=True)
         raise SystemExit(1) from None

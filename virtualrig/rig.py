@@ -49,6 +49,7 @@ from wire.acq import (
 )
 from wire.base import image_id
 from wire.errors import InvalidRequest, RequestTimeout
+from wire.security import CurveClient, CurveServer, check_bind
 from wire.stim import STIM_TRIAL_TOPIC, TrialEvent
 from wire.transport import EventSubscriber, RpcServer
 
@@ -75,13 +76,18 @@ class VirtualRig:
 
     ``description`` (default: the model's own ``description``) is the ground truth in words for
     ``RigStatus``; unit names and session likewise come from the model where it has them.
+
+    ``curve`` makes the rig's RPC a CURVE server (without it, an endpoint other machines can reach
+    is refused unless ``insecure``: :func:`wire.security.check_bind`); ``stim_curve`` is the rig's
+    client configuration for its subscription to the stimserver's trial events.
     """
 
     def __init__(self, model: RateModel, *, stim_events: str, rpc: str = "tcp://127.0.0.1:0",
                  params: ResponseParams | None = None, delay: float = 0.3, tick: float = 0.01,
                  clock: ClockMap | None = None, seed: int | None = None, spike_name: str = LSL_SPIKE_NAME,
                  sync_name: str = LSL_MARKER_NAME, sync_channel: str = "photodiode",
-                 description: str | None = None) -> None:
+                 description: str | None = None, curve: CurveServer | None = None, insecure: bool = False,
+                 stim_curve: CurveClient | None = None) -> None:
         if delay <= 0 or tick <= 0:
             raise InvalidRequest("delay and tick must be > 0")
         self.model = model
@@ -102,8 +108,12 @@ class VirtualRig:
         self._rates: dict[str, np.ndarray] = {}
         self._synth = SpikeSynth(model.n_units, self.params, seed=seed, start=pylsl.local_clock() - delay)
         self._markers: list[tuple[float, str]] = []
+        self.curve = curve
+        self.insecure = insecure
+        self.stim_curve = stim_curve
+        self._rpc_endpoint = rpc
         self._server = RpcServer(rpc, {RigLoadImages: self._load, RigStatus: self._status, RigRates: self._oracle},
-                                 name="virtualrig")
+                                 name="virtualrig", curve=curve)
         self._sub: EventSubscriber | None = None
         self._tasks: list[asyncio.Task[None]] = []
         self._spike_out: pylsl.StreamOutlet | None = None
@@ -193,6 +203,7 @@ class VirtualRig:
             await asyncio.sleep(self.tick)
 
     async def __aenter__(self) -> VirtualRig:
+        check_bind(self._rpc_endpoint, self.curve, self.insecure, server="virtualrig")  # before anything opens
         info = pylsl.StreamInfo(self.spike_name, LSL_SPIKE_TYPE, 1, pylsl.IRREGULAR_RATE, "int32",
                                 f"{self.spike_name}@virtualrig")
         info.desc().append_child_value("n_units", str(self.model.n_units))
@@ -201,11 +212,12 @@ class VirtualRig:
                                                              pylsl.IRREGULAR_RATE, "string",
                                                              f"{self.sync_name}@virtualrig"))
         await self._server.start()
-        self._sub = EventSubscriber(self.stim_events, [TrialEvent], topics=[STIM_TRIAL_TOPIC])
+        self._sub = EventSubscriber(self.stim_events, [TrialEvent], topics=[STIM_TRIAL_TOPIC], curve=self.stim_curve)
         self._tasks = [asyncio.create_task(self._listen(), name="rig-listen"),
                        asyncio.create_task(self._stream(), name="rig-stream")]
-        log.info("virtual rig: %d units, rpc %s, trials from %s, LSL %r/%r", self.model.n_units, self.endpoint,
-                 self.stim_events, self.spike_name, self.sync_name)
+        log.info("virtual rig: %d units, rpc %s%s, trials from %s%s, LSL %r/%r", self.model.n_units, self.endpoint,
+                 " (CURVE)" if self.curve else "", self.stim_events, " (CURVE)" if self.stim_curve else "",
+                 self.spike_name, self.sync_name)
         return self
 
     async def __aexit__(self, *exc: object) -> None:
