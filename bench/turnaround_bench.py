@@ -1,11 +1,13 @@
 """Closed-loop turnaround: from the last count of block N to the first trial of block N+1.
 
-Runs a short real closed loop twice, each time with a fresh modelserver process (CPU unless
-``--device``), a stimserver child process with the display-free presenter, the in-process virtual
-rig (the real V4 compact models when ``--data`` holds them, else synthetic Gabor units) and the
-engine writing a session file. The protocol (:class:`TurnaroundProtocol`) shows ``--blocks``
-blocks: each block's counts are ingested and the model retrained (block scope); from block 1 on a
-block also shows ``--picks`` active-learning picks:
+Runs a short real closed loop twice, each built by the controller's one assembly
+(:func:`controller.assembly.assemble`) from a :class:`~controller.config.RunConfig`: a fresh
+modelserver process with its own data folder (CPU unless ``--device``), a stimserver child process
+with the display-free presenter, a virtual rig process (``python -m virtualrig``: the real V4
+compact models when ``--data`` holds them, else synthetic Gabor units) whose spikes arrive over
+LSL, no message bus, and the engine writing a session file. The protocol
+(:class:`TurnaroundProtocol`) shows ``--blocks`` blocks: each block's counts are ingested and the
+model retrained (block scope); from block 1 on a block also shows ``--picks`` active-learning picks:
 
 * ``sequential``: block N+1's picks are requested after the retraining that follows block N, so
   the loop waits for them;
@@ -18,7 +20,8 @@ block also shows ``--picks`` active-learning picks:
 
 Per boundary, the turnaround is ``onset of block N+1's first trial`` (stimserver flip clock) minus
 the moment the engine recorded block N's last count; both are ``wire.clock`` (monotonic) seconds.
-Timing proxies around the engine's model link, stim link, session store and the rig's rate model
+Timing proxies, put around the parts by the assembly's ``wrap`` before they are connected (model
+link, stim link, session store, and the rig link whose ``load`` is the engine's image listener),
 give the parts, each counted only where the loop was waiting on it inside that window (time a
 prefetched request overlapped with other work is not counted):
 
@@ -29,7 +32,8 @@ prefetched request overlapped with other work is not counted):
   modelserver as a ``predict`` for a session that does not exist, to the stimserver as a load of
   images it already holds: both decode the whole message and answer at once);
 * ``load``: the stimserver load RPC minus its transfer (id checks, copies, presenter preparation);
-* ``rig``: the virtual rig computing the rates of the block's images (no cost on a real rig);
+* ``rig``: the block's new images sent to the virtual rig, which computes their rates before it
+  answers (``RigLink.load``, run before each block is shown; no cost on a real rig);
 * ``store``: session documents written (images, picks, block, steps);
 * ``start``: the present RPC to the first trial's onset flip; ``other``: the rest.
 
@@ -56,7 +60,7 @@ import time
 from collections.abc import Awaitable, Callable, Iterable, Iterator, Sequence
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Any, Literal, cast
+from typing import Any, Literal
 
 import numpy as np
 from pydantic import Field
@@ -64,13 +68,20 @@ from pydantic import Field
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
-from controller.config import RunConfig  # noqa: E402
-from controller.demo import DemoSettings, ground_truth, modelserver_process  # noqa: E402
+from controller.assembly import assemble, build_images  # noqa: E402
+from controller.config import (  # noqa: E402
+    AcquisitionConfig,
+    BusConfig,
+    ImagesConfig,
+    ModelConfig,
+    RunConfig,
+    VirtualRigConfig,
+)
+from controller.demo import has_v4  # noqa: E402
 from controller.engine import Generated  # noqa: E402
-from controller.images import ImageLibrary, synthetic_images  # noqa: E402
-from controller.links import StimLink  # noqa: E402
-from controller.modellink import ZmqModelLink  # noqa: E402
-from controller.runner import open_session  # noqa: E402
+from controller.images import ImageLibrary  # noqa: E402
+from controller.links import RigLink, StimLink  # noqa: E402
+from controller.modellink import ProgressFn, ZmqModelLink  # noqa: E402
 from controller.store import SessionWriter  # noqa: E402
 from protocols.analysis import TrialData  # noqa: E402
 from protocols.library.common import ProtocolBase, show_and_ingest  # noqa: E402
@@ -167,9 +178,9 @@ class TimedModels:
         self.timeline.add("ingest", t0)
         return result
 
-    async def retrain(self, step: Retrain) -> RetrainResult:
+    async def retrain(self, step: Retrain, progress: ProgressFn | None = None) -> RetrainResult:
         t0 = clock.now()
-        result = await self.inner.retrain(step)
+        result = await self.inner.retrain(step, progress=progress)
         self.timeline.add("retrain", t0)
         return result
 
@@ -181,6 +192,9 @@ class TimedModels:
 
     async def match(self, step: MatchModels, data: TrialData, image_ids: list[str]) -> MatchResult:
         return await self.inner.match(step, data, image_ids)
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self.inner, name)
 
 
 class TimedStim:
@@ -237,21 +251,25 @@ class TimedStore:
         return getattr(self.inner, name)
 
 
-class TimedRates:
-    """The virtual rig's rate model, timed (the rig calls it off the event loop)."""
+class TimedRig:
+    """The virtual rig's :class:`~controller.links.RigLink`: ``load`` (the engine's image listener,
+    answered once the rig process has computed the rates of the new images) timed."""
 
-    def __init__(self, inner: Any, timeline: Timeline) -> None:
+    def __init__(self, inner: RigLink, timeline: Timeline) -> None:
         self.inner, self.timeline = inner, timeline
 
-    @property
-    def n_units(self) -> int:
-        return int(self.inner.n_units)
-
-    def rates(self, images: np.ndarray) -> np.ndarray:
+    async def load(self, ids: Sequence[str], pixels: Sequence[np.ndarray], chunk: int = 128) -> None:
         t0 = clock.now()
-        out: np.ndarray = self.inner.rates(images)
+        await self.inner.load(ids, pixels, chunk)
         self.timeline.add("rig", t0)
-        return out
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self.inner, name)
+
+
+#: the assembly's parts (``assemble(wrap=...)``) that get a timing proxy
+PROXIES: dict[str, Callable[[Any, Timeline], Any]] = {
+    "models": TimedModels, "stim": TimedStim, "store": TimedStore, "rig": TimedRig}
 
 
 # --- transfer probes (after the session) -------------------------------------------------------------
@@ -371,32 +389,48 @@ def _median(bs: list[Boundary]) -> dict[str, float]:
     return med
 
 
-async def run_variant(variant: str, opts: Options, lib: ImageLibrary, truth: Any, v4: Path | None,
-                      out: Path) -> VariantResult:
+def run_config(variant: str, opts: Options, data: Path | None, out: Path) -> RunConfig:
+    """One variant's rig configuration: a modelserver child with its own data folder under ``out``,
+    a virtual rig child (the V4 compact models of ``data``, else synthetic units), no bus."""
+    if data is not None:
+        images = ImagesConfig(v4_dir=data)
+        rig = VirtualRigConfig(data=data, neurons=opts.neurons, device=opts.device)
+    else:
+        images = ImagesConfig(synthetic=max(4 * opts.images, 64))
+        rig = VirtualRigConfig(n_units=opts.neurons * 2, seed=1, device=opts.device)
+    model = ModelConfig(kind="start", data_dir=out / f"modelserver-{variant}", device=opts.device,
+                        threads=opts.threads, members=opts.members, max_epochs=opts.epochs,
+                        block_epochs=opts.epochs, session_epochs=opts.epochs, pool_crops=opts.pool_crops,
+                        v4_dir=data, timeout=120)
+    return RunConfig(out_dir=out, rig="bench", subject="virtual", session_id=f"turnaround-{variant}", seed=3,
+                     images=images, acquisition=AcquisitionConfig(kind="virtual", virtual=rig), model=model,
+                     bus=BusConfig(broker="none"))
+
+
+async def run_variant(variant: str, opts: Options, data: Path | None, out: Path, lib: ImageLibrary | None = None,
+                      announce: Callable[[str], None] | None = None) -> VariantResult:
+    """One session through the assembly, its parts timed; ``announce`` gets the rig's ground truth
+    in words once the session is assembled."""
     t_start = time.monotonic()
     timeline = Timeline()
     proto = TurnaroundProtocol.model_validate({
         "protocol": "turnaround_bench", "seed": 1, "n_blocks": opts.blocks, "normal": opts.images,
         "picks": opts.picks, "prefetch": variant == "prefetch",
         "timing": {"on_frames": opts.frames, "off_frames": opts.frames}})
-    settings = DemoSettings(device=opts.device, members=opts.members, epochs_session=opts.epochs)
-    sid = f"turnaround-{variant}"
-    cfg = RunConfig(out_dir=out, rig="bench", subject="virtual", session_id=sid)
-    with modelserver_process(out / f"modelserver-{variant}", settings, v4) as (rpc, events):
-        async with open_session(cfg, name=proto.protocol, images=lib, rate_model=TimedRates(truth, timeline)) as s:
-            engine = s.engine
-            link = ZmqModelLink(rpc, events, session_id=sid, pixels=lambda i: engine.pixels[i],
-                                base_images=lambda n, seed: [lib.images[i] for i in lib.take(n, seed)],
-                                pool_crops=opts.pool_crops, block_epochs=opts.epochs, session_epochs=opts.epochs,
-                                timeout=120)
-            stim = engine.stim
-            engine.models = TimedModels(link, timeline)
-            engine.stim = cast(StimLink, TimedStim(stim, timeline))
-            engine.store = cast(SessionWriter, TimedStore(engine.store, timeline))
-            async with link:
-                stop = await engine.run(proto.plan(), protocol=proto.model_dump(mode="json"))
-                if stop.exit_status == "success":
-                    await probe_transfers(timeline, link, stim, engine.pixels)
+    timed: dict[str, Any] = {}
+
+    def wrap(name: str, part: Any) -> Any:
+        if name not in PROXIES:
+            return part
+        timed[name] = PROXIES[name](part, timeline)
+        return timed[name]
+
+    async with assemble(run_config(variant, opts, data, out), proto, images=lib, wrap=wrap) as s:
+        if announce is not None:
+            announce((await s.rig.status()).description if s.rig is not None else "no virtual rig")
+        stop = await s.run()
+        if stop.exit_status == "success":
+            await probe_transfers(timeline, timed["models"].inner, timed["stim"].inner, s.engine.pixels)
     if stop.exit_status != "success":
         raise CortexloopError(f"{variant}: the session ended {stop.exit_status}: {stop.reason}")
     bs = boundaries(timeline, opts.blocks)
@@ -404,13 +438,6 @@ async def run_variant(variant: str, opts: Options, lib: ImageLibrary, truth: Any
 
 
 # --- set-up, output, entry point ---------------------------------------------------------------------
-def build_library(data: Path | None, opts: Options) -> ImageLibrary:
-    if data is not None and (data / "images").is_dir():
-        sessions = [p.stem.removeprefix("images_") for p in sorted((data / "images").glob("images_*.zip"))]
-        return ImageLibrary.from_v4(data, sessions)
-    return ImageLibrary(synthetic_images(max(4 * opts.images, 64), seed=3), name="synthetic")
-
-
 def device_name(device: str, threads: int) -> str:
     if device.startswith("cuda"):
         import torch
@@ -460,16 +487,22 @@ def child_threads(n: int) -> Iterator[None]:
 
 
 async def run_bench(opts: Options, out: Path) -> dict[str, Any]:
-    data = opts.data if opts.data is not None and (opts.data / "compact_models").is_dir() else None
-    lib = build_library(data, opts)
-    truth, truth_name = ground_truth(data, DemoSettings(device=opts.device, neurons=opts.neurons), lib.images[:256])
+    data = opts.data if has_v4(opts.data) else None
+    lib, _ = build_images(run_config("sequential", opts, data, out))  # loaded once, shown by both variants
     device = device_name(opts.device, opts.threads)
-    print(f"turnaround bench: {truth_name}; {len(lib)} images ({lib.name}); {opts.blocks} blocks of "
-          f"{opts.images} images + {opts.picks} picks; {opts.members} members, {opts.epochs} epochs; {device}",
-          flush=True)
+    truth_name = ""
+
+    def announce(truth: str) -> None:
+        nonlocal truth_name
+        if not truth_name:
+            truth_name = truth
+            print(f"turnaround bench: {truth}; {len(lib)} images ({lib.name}); {opts.blocks} blocks of "
+                  f"{opts.images} images + {opts.picks} picks; {opts.members} members, {opts.epochs} epochs; "
+                  f"{device}", flush=True)
+
     results = []
     for variant in ("sequential", "prefetch"):
-        results.append(await run_variant(variant, opts, lib, truth, data, out))
+        results.append(await run_variant(variant, opts, data, out, lib, announce))
         print(format_variant(results[-1]), flush=True)
     print(f"\nturnaround parts, median over warm boundaries, {device}:\n{format_comparison(results)}")
     return {"device": device, "ground_truth": truth_name, "options": {k: str(v) for k, v in asdict(opts).items()},

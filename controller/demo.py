@@ -46,7 +46,6 @@ from protocols.library.maximize import MaximizeProtocol
 from protocols.library.sysid import SysidProtocol
 from wire.documents import BlockDoc, ResponseDoc, StepDoc
 from wire.model import Predict, Prediction
-from wire.transport import RpcClient
 
 REPO = Path(__file__).resolve().parents[1]
 DEFAULT_DATA = REPO.parent / "shared" / "data" / "v4"
@@ -131,6 +130,16 @@ def demo_config(out: Path, settings: DemoSettings, data: Path | None, ground_tru
                      bus=BusConfig(broker="embedded"))
 
 
+def write_rig_file(cfg: RunConfig, path: Path) -> Path:
+    """The demo's configuration as a rig file ``cortexloop run --config`` reads (defaults left out)."""
+    import yaml
+
+    data = cfg.model_dump(mode="json", exclude_defaults=True, exclude={"session_id"})
+    path.write_text("# the rig configuration of cortexloop demo (written by the demo)\n"
+                    + yaml.safe_dump(data, sort_keys=False))
+    return path
+
+
 def sysid_protocol(k: int, settings: DemoSettings) -> SysidProtocol:
     return SysidProtocol.model_validate({
         "protocol": "sysid", "seed": k + 1, "n_blocks": settings.blocks, "normal": settings.normal,
@@ -149,9 +158,9 @@ def maximize_protocol(settings: DemoSettings) -> MaximizeProtocol:
         "synth": {"steps": settings.synth_steps, "timeout_s": 900}, "analysis": {"n_permutations": 500}})
 
 
-async def score_session(rpc: str, session: str, images: np.ndarray, truth: np.ndarray) -> dict[str, Any]:
+async def score_session(s: Session, session: str, images: np.ndarray, truth: np.ndarray) -> dict[str, Any]:
     """Median Pearson r between the model's predictions for ``session`` and the ground-truth rates."""
-    async with RpcClient(rpc, timeout=120) as client:
+    async with s.model_client() as client:
         pred = await client.request(Predict(session=session, images=images), Prediction)
     resp = np.asarray(pred.responses)  # (neurons, images)
     rs = [float(np.corrcoef(resp[j], truth[:, j])[0, 1]) for j in range(min(len(resp), truth.shape[1]))
@@ -185,7 +194,7 @@ def heldout_trials(path: Path, block: str = "heldout") -> tuple[list[str], np.nd
     return ids, raw, [images[i] for i in ids]
 
 
-async def heldout_r2er(rpc: str, session: str, path: Path) -> dict[str, Any]:
+async def heldout_r2er(s: Session, session: str, path: Path) -> dict[str, Any]:
     """Noise-corrected R2 (Pospisil & Bair's r2_ER) of the model on the session's repeated held-out
     block, against the recorded repeats (the block was never trained on)."""
     from modelserver.metrics import r2_er
@@ -193,7 +202,7 @@ async def heldout_r2er(rpc: str, session: str, path: Path) -> dict[str, Any]:
     ids, raw, pix = heldout_trials(path)
     if not ids or raw.shape[2] < 2:
         return {}
-    async with RpcClient(rpc, timeout=120) as client:
+    async with s.model_client() as client:
         pred = await client.request(Predict(session=session, images=np.stack(pix)), Prediction)
     r2 = r2_er(np.asarray(pred.responses)[:raw.shape[0]], raw)
     ok = r2[np.isfinite(r2)]
@@ -246,6 +255,7 @@ async def run_demo(data: Path | None, out: Path, *, sessions: int | None = None,
         console.print(f"[yellow]no V4 data at {data}; using the synthetic population and images[/yellow]")
         data = None
     cfg = demo_config(out, settings, data, ground_truth)
+    rig_file = write_rig_file(cfg, out / "demo-rig.yaml")
     summary = Summary(ground_truth="", device=settings.device, settings=asdict(settings))
     truth_held: np.ndarray | None = None
     for k in range(settings.sessions):
@@ -259,9 +269,8 @@ async def run_demo(data: Path | None, out: Path, *, sessions: int | None = None,
                               f"({s.images.name}); device {settings.device}; output in {out}")
                 truth_held = await s.rig.rates(s.heldback)
             stop = await run_session(s, console)
-            rpc = s.model_endpoints[0]
-            score = await score_session(rpc, model_session(sid), s.heldback, truth_held)
-            score.update(await heldout_r2er(rpc, model_session(sid), s.path))
+            score = await score_session(s, model_session(sid), s.heldback, truth_held)
+            score.update(await heldout_r2er(s, model_session(sid), s.path))
         summary.sessions.append({"session": sid, "file": str(s.path), "exit": stop.exit_status,
                                  "trials": stop.n_trials, **score})
         r2 = score.get("r2_er_median")
@@ -280,6 +289,7 @@ async def run_demo(data: Path | None, out: Path, *, sessions: int | None = None,
     page = write_report(files, out / "report", out / "summary.json")
     print_summary(summary, console)
     console.print(f"report: {page}")
+    console.print(f"rig file: {rig_file} (the same sessions: cortexloop run PROTOCOL --config {rig_file})")
     return summary
 
 

@@ -97,3 +97,19 @@ def test_a_lab_day_every_example_protocol_under_cortexloop_run(tmp_path: Path) -
             assert {"maximize", "synthesize"} <= made, made
     # the modelserver's data folder persisted under --out across the day
     assert (out / "modelserver" / "versions").is_dir()
+
+
+def test_the_demo_is_a_rig_file(tmp_path: Path) -> None:
+    """The demo's configuration written as a rig file reads back as the same configuration."""
+    from controller.config import load_config
+    from controller.demo import DemoSettings, demo_config, write_rig_file
+
+    for data in (None, tmp_path / "v4"):
+        if data is not None:
+            (data / "compact_models").mkdir(parents=True)
+            (data / "images").mkdir()
+        cfg = demo_config(tmp_path / "out", DemoSettings(neurons=5), data, "190923" if data else None)
+        path = write_rig_file(cfg, tmp_path / "rig.yaml")
+        assert load_config(path) == cfg
+        assert cfg.model.kind == "start" and cfg.acquisition.kind == "virtual"
+        assert (cfg.acquisition.virtual.data is None) == (data is None)

@@ -18,7 +18,14 @@ import pytest
 from controller.assembly import assemble
 from controller.bus.mqtt import MqttOperator
 from controller.children import Child
-from controller.config import AcquisitionConfig, BusConfig, ImagesConfig, ModelConfig, RunConfig, VirtualRigConfig
+from controller.config import (
+    AcquisitionConfig,
+    BusConfig,
+    ImagesConfig,
+    ModelConfig,
+    RunConfig,
+    VirtualRigConfig,
+)
 from controller.store import SessionReader
 from protocols.library.sysid import SysidProtocol
 from wire.documents import BlockDoc, EventDoc, ModelVersionDoc, ResponseDoc, StepDoc, StopDoc

@@ -12,11 +12,25 @@ import pytest
 from PIL import Image
 from rich.console import Console
 
+from controller.demo import DemoSettings
 from controller.importer import import_v4
-from controller.replay import Recording, replay_session
+from controller.replay import Recording, replay_plan, replay_session
 from controller.store import SessionReader
+from protocols.plan import adrive
+from protocols.steps import (
+    BlockResult,
+    CountsResult,
+    ImageSet,
+    OperatorResult,
+    PauseForOperator,
+    Plan,
+    PresentBlock,
+    Result,
+    Step,
+    WaitForCounts,
+)
 from wire.documents import BlockDoc, ModelVersionDoc, PickDoc, ResponseDoc, StopDoc, TrialDoc
-from wire.errors import InvalidRequest, NotFound, StoreError
+from wire.errors import AcquisitionError, InvalidRequest, NotFound, StoreError
 
 
 def fake_v4(root: Path, session: str, n_images: int = 7, neurons: int = 3, raw: bool = False) -> np.ndarray:
@@ -119,34 +133,32 @@ def test_real_session_190923_replays_exactly(tmp_path: Path, v4_dir: Path) -> No
 
 
 # --- a closed-loop session replayed with a modelserver ----------------------------------------------------
+def tiny_settings() -> DemoSettings:
+    return DemoSettings(members=2, epochs_block=2, epochs_session=2, pool_crops=200, neurons=4, eval_images=10)
+
+
 def record_sysid(out: Path) -> Path:
-    """A small sysid session (synthetic neurons) with retraining and active-learning picks."""
-    from controller.config import RunConfig
-    from controller.demo import DemoSettings, ground_truth, library, modelserver_process, run_session
+    """A small sysid session (synthetic neurons in a virtual rig process, a modelserver child) with
+    retraining and active-learning picks, built by the one assembly from the demo's rig configuration."""
+    from controller.assembly import assemble
+    from controller.config import BusConfig
+    from controller.demo import demo_config
     from protocols.library.sysid import SysidProtocol
 
-    settings = tiny_settings()
-    lib, _ = library(None, DemoSettings(eval_images=10))
-    truth, _ = ground_truth(None, DemoSettings(neurons=4), lib.images[:64])
     proto = SysidProtocol.model_validate({
         "protocol": "sysid", "seed": 3, "n_blocks": 2, "normal": 30, "gaudy": 6,
         "timing": {"on_frames": 2, "off_frames": 2}, "retrain": "block",
         "active": {"n_images": 8, "start_block": 1, "pool_size": 200, "timeout_s": 300}, "prefetch": False})
+    cfg = demo_config(out, tiny_settings(), None).model_copy(update={
+        "session_id": "rec-sysid", "rig": "test", "bus": BusConfig(broker="none")})
 
-    async def go(rpc: str, events: str) -> Path:
-        cfg = RunConfig(out_dir=out, rig="test", session_id="rec-sysid")
-        stop, path = await run_session(cfg, proto, lib, truth, rpc, events, settings, Console(width=100))
+    async def go() -> Path:
+        async with assemble(cfg, proto) as s:
+            stop = await s.run()
         assert stop.exit_status == "success", stop
-        return path
+        return s.path
 
-    with modelserver_process(out / "ms", settings, None) as (rpc, events):
-        return asyncio.run(go(rpc, events))
-
-
-def tiny_settings() -> object:
-    from controller.demo import DemoSettings
-
-    return DemoSettings(members=2, epochs_block=2, epochs_session=2, pool_crops=200)
+    return asyncio.run(go())
 
 
 def picks(path: Path) -> list[tuple[str, str]]:
@@ -183,3 +195,93 @@ def test_replay_is_deterministic_and_answers_counterfactuals(tmp_path: Path) -> 
     assert c.comparison["picks"]["sysid-1 active"]["picked"] == 8
     with SessionReader(c.path) as r:
         assert isinstance(list(r.documents())[-1], StopDoc)
+
+
+# --- replay keeps the protocol's own error handling ----------------------------------------------------
+class StubRecording:
+    """What ``replay_plan`` asks of a recording: the blocks it holds."""
+
+    def __init__(self, *block_ids: str) -> None:
+        self.blocks = {b: BlockDoc(block_id=b, index=k, source="normal", n_trials=2) for k, b in enumerate(block_ids)}
+        self.asked: list[str] = []
+
+    def block(self, block_id: str) -> BlockDoc | None:
+        self.asked.append(block_id)
+        return self.blocks.get(block_id)
+
+
+def careful_plan(caught: list[Exception], closed: list[bool]) -> Plan:
+    """A protocol that handles a lost acquisition stream itself: it asks the operator, then goes on."""
+    try:
+        for b in ("b0", "b1"):
+            try:
+                yield PresentBlock(block_id=b, images=[ImageSet(source="normal", n_images=2)])
+                yield WaitForCounts(block_id=b, timeout_s=5)
+            except AcquisitionError as exc:
+                caught.append(exc)
+                yield PauseForOperator(message=f"acquisition lost in {b}: {exc}")
+        yield PresentBlock(block_id="b2", images=[ImageSet(source="normal", n_images=2)])
+    finally:
+        closed.append(True)
+
+
+def test_replay_plan_throws_an_error_into_the_protocols_plan() -> None:
+    caught: list[Exception] = []
+    closed: list[bool] = []
+    rec = StubRecording("b0", "b1")
+    plan = replay_plan(careful_plan(caught, closed), rec)  # type: ignore[arg-type]
+    step = next(plan)
+    assert isinstance(step, PresentBlock) and step.block_id == "b0"
+    step = plan.send(BlockResult(block_id="b0", n_trials=2, image_ids=["x", "y"], conditions={}))
+    assert isinstance(step, WaitForCounts)
+    lost = AcquisitionError("no spikes for 10 s")
+    step = plan.throw(lost)  # as the engine does with a failed step
+    assert caught == [lost], "the protocol's except branch ran"
+    assert isinstance(step, PauseForOperator) and "acquisition lost in b0" in step.message
+    step = plan.send(OperatorResult(action="resume"))
+    assert isinstance(step, PresentBlock) and step.block_id == "b1"
+    assert not closed
+    # b2 is not in the recording: the replay ends there, closing the protocol's plan
+    step = plan.send(BlockResult(block_id="b1", n_trials=2, image_ids=["x", "y"], conditions={}))
+    assert isinstance(step, WaitForCounts)
+    with pytest.raises(StopIteration):
+        plan.send(CountsResult(block_id="b1", n_trials=2, n_neurons=3, mean_count=1.0))
+    assert closed == [True] and rec.asked == ["b0", "b1", "b2"]
+
+
+def test_replay_plan_lets_an_unhandled_error_out_and_drives_like_the_engine() -> None:
+    # driven by protocols.plan.adrive (the engine's loop): the failed wait goes to the plan, which recovers
+    caught: list[Exception] = []
+    closed: list[bool] = []
+    shown: list[str] = []
+
+    async def execute(step: Step) -> Result:
+        if isinstance(step, PresentBlock):
+            shown.append(step.block_id)
+            return BlockResult(block_id=step.block_id, n_trials=2, image_ids=["x", "y"], conditions={})
+        if isinstance(step, WaitForCounts):
+            if step.block_id == "b0":
+                raise AcquisitionError("the spike stream went silent")
+            return CountsResult(block_id=step.block_id, n_trials=2, n_neurons=3, mean_count=1.0)
+        assert isinstance(step, PauseForOperator)
+        return OperatorResult(action="resume")
+
+    rec = StubRecording("b0", "b1", "b2")
+    done = asyncio.run(adrive(replay_plan(careful_plan(caught, closed), rec), execute))  # type: ignore[arg-type]
+    assert [type(e) for e in caught] == [AcquisitionError]
+    assert [s.kind for s, _ in done] == ["present_block", "pause_for_operator", "present_block", "wait_for_counts",
+                                         "present_block"]
+    assert shown == ["b0", "b1", "b2"] and closed == [True]
+
+    # a plan that does not handle the error: it comes out of the replay as it went in
+    def plain() -> Plan:
+        yield PresentBlock(block_id="b0", images=[ImageSet(source="normal", n_images=2)])
+        yield WaitForCounts(block_id="b0")
+
+    plan = replay_plan(plain(), StubRecording("b0"))  # type: ignore[arg-type]
+    next(plan)
+    plan.send(BlockResult(block_id="b0", n_trials=2, image_ids=["x", "y"], conditions={}))
+    lost = AcquisitionError("gone")
+    with pytest.raises(AcquisitionError) as err:
+        plan.throw(lost)
+    assert err.value is lost
