@@ -244,8 +244,7 @@ class ZmqModelLink:
         elif isinstance(p, AdversarialParams | SmoothParams):
             return await self._paired(step, p, n, seed)
         elif isinstance(p, DotsParams):
-            cmd = GenDots(radii=[s / 2 for s in p.sizes], counts=p.numbers, per_condition=len(p.locations),
-                          seed=seed)
+            return await self._dots(step, p, seed)
         else:
             raise InvalidRequest(f"the modelserver does not make {p.generator!r} images")
         reply = await self.client.request(cmd, GenImages, timeout=step.timeout_s)
@@ -282,6 +281,20 @@ class ZmqModelLink:
                     prov.neuron = to_recorded.get(prov.neuron, prov.neuron)
             parts.append(self._generated(step, reply))
         return _merge(parts)
+
+    async def _dots(self, step: GenerateImages, p: DotsParams, seed: int, size: int = 112) -> Generated:
+        """The full factorial size x location x number, one image each, labelled
+        ``size=..,loc=x:y,n=..`` (as the protocol's simulation labels them) in degrees (``p.px_per_deg``; y is up)."""
+        centre = size / 2
+        centers = [(centre + x * p.px_per_deg, centre - y * p.px_per_deg) for x, y in p.locations]
+        cmd = GenDots(radii=[d / 2 * p.px_per_deg for d in p.sizes], counts=p.numbers, per_condition=1,
+                      centers=centers, spread=max(4.0, 1.5 * p.px_per_deg), seed=seed)
+        reply = await self.client.request(cmd, GenImages, timeout=step.timeout_s)
+        gen = self._generated(step, reply)
+        labels = [f"size={d:g},loc={x:g}:{y:g},n={n}" for d in p.sizes for n in p.numbers for x, y in p.locations]
+        if len(labels) != len(gen.result.image_ids):
+            raise ModelError(f"dots: {len(gen.result.image_ids)} images for {len(labels)} conditions")
+        return Generated(gen.result.model_copy(update={"labels": labels}), gen.pixels, gen.picks)
 
     def _model_of(self, neuron: int) -> tuple[str, int]:
         """(model id, model neuron) of a recorded neuron: its matched model, or this session's readout."""

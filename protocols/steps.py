@@ -254,6 +254,8 @@ class DotsParams(_GenParams):
     locations: list[tuple[float, float]] = Field(min_length=1, description="(x, y) of the dot cloud (deg)")
     numbers: list[Annotated[int, Field(ge=1)]] = Field(min_length=1, description="dots per image")
     color: tuple[int, int, int] = (255, 255, 255)
+    px_per_deg: float = Field(default=10.0, gt=0, description="image pixels per degree of visual angle (the "
+                                                              "modelserver's 112-px images span 11.2 deg)")
 
     @property
     def n_images(self) -> int:

@@ -34,11 +34,11 @@ SHRINK: dict[str, list[str]] = {
                    "heldout.n_images=16", "heldout.repeats=3", "timing.on_frames=3", "timing.off_frames=3"],
     "maximize.yaml": [*HELDOUT, "n_per_neuron=2", "n_random=8", "repeats=2", "synth.steps=10",
                       "synth.timeout_s=300", "analysis.n_permutations=100"],
-    "adversarial.yaml": [*HELDOUT, "n_per_neuron=2", "steps=5", "repeats=2"],
-    "smooth.yaml": [*HELDOUT, "n_per_neuron=2", "repeats=2"],
+    "adversarial.yaml": [*HELDOUT, "n_per_neuron=2", "steps=5", "repeats=2", "timeout_s=300"],
+    "smooth.yaml": [*HELDOUT, "n_per_neuron=2", "repeats=2", "timeout_s=300"],
     "script.yaml": ["steps.0.repeats=1", "steps.0.images.0.n_images=6", "steps.0.images.1.n_images=6",
                     "steps.3.timeout_s=1", "steps.3.on_timeout=resume"],
-    "dots.yaml": ["sizes=[0.5, 1.0]", "locations=[[0, 0]]", "repeats=2", "n_blocks=1",
+    "dots.yaml": ["sizes=[0.5, 1.0]", "locations=[[0, 0], [2, 0]]", "repeats=2", "n_blocks=1",
                   "analysis.n_permutations=100"],
     "dots.toml": ["sizes=[0.5, 1.0]", "locations=[[0, 0]]", "repeats=2"],
 }
@@ -59,6 +59,7 @@ def docs_of(path: Path) -> list[object]:
 
 
 @pytest.mark.slow
+@pytest.mark.timeout(1800)
 def test_a_lab_day_every_example_protocol_under_cortexloop_run(tmp_path: Path) -> None:
     rig = tmp_path / "rig.yaml"
     rig.write_text(RIG)
@@ -95,6 +96,15 @@ def test_a_lab_day_every_example_protocol_under_cortexloop_run(tmp_path: Path) -
             assert steps["analyse"].result["comparisons"], "the causal analysis is recorded"
             made = {p.generator for p in docs if isinstance(p, PickDoc)}
             assert {"maximize", "synthesize"} <= made, made
+        if protocol in ("adversarial.yaml", "smooth.yaml"):
+            made = {p.generator for p in docs if isinstance(p, PickDoc)}
+            want = {"adversarial+", "adversarial-"} if protocol == "adversarial.yaml" else {"smooth-", "smooth-control"}
+            assert want <= made, made
+            analyses = [d for d in docs if isinstance(d, StepDoc) and d.step["kind"] == "analyse"]
+            assert len(analyses) >= 2, "each generated kind is tested against its base images"
+        if protocol == "dots.yaml":
+            analyses = {d.result["name"] for d in docs if isinstance(d, StepDoc) and d.step["kind"] == "analyse"}
+            assert analyses == {"dots_size", "dots_loc", "dots_n"}, analyses
     # the modelserver's data folder persisted under --out across the day
     assert (out / "modelserver" / "versions").is_dir()
 

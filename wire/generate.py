@@ -132,6 +132,11 @@ class GenDots(Message):
     counts: list[Annotated[int, Field(ge=1, le=10_000)]] = Field(default_factory=lambda: [1, 2, 4, 8],
                                                                   max_length=256)
     per_condition: int = Field(default=4, ge=1, le=10_000)
+    centers: list[tuple[Annotated[float, Field(ge=0, le=4096)], Annotated[float, Field(ge=0, le=4096)]]] | None = Field(
+        default=None, max_length=256, description="(x, y) pixel centres of the dot cloud, one condition each "
+                                                  "(None: dots anywhere in the image)")
+    spread: float = Field(default=16.0, gt=0, le=4096, description="with centres: dots lie within this "
+                                                                   "distance (px) of their centre")
     seed: Seed = 0
     model: Name | None = None
     neurons: NeuronList | None = None

@@ -236,12 +236,13 @@ def generation_handlers(ctx: GenerationContext, *, image_roots: Sequence[Path] |
         return await run(work)
 
     async def on_dots(cmd: GenDots) -> Message:
-        check_dots(lim, len(cmd.radii) * len(cmd.counts) * cmd.per_condition)
+        check_dots(lim, len(cmd.radii) * len(cmd.counts) * cmd.per_condition * len(cmd.centers or [None]))
 
         def work(stop: StopCheck) -> Message:
             model = ctx.response_model(cmd.model) if cmd.model is not None else None
             gen = dot_stimuli(cmd.radii, cmd.counts, cmd.per_condition, cmd.seed, model=model,
-                              neurons=cmd.neurons, device=ctx.device, should_stop=stop)
+                              neurons=cmd.neurons, device=ctx.device, should_stop=stop, centers=cmd.centers,
+                              spread=cmd.spread)
             return to_reply(_named(gen, cmd.model) if cmd.model else gen)
         return await run(work)
 
