@@ -247,7 +247,7 @@ class ZmqModelLink:
             return await self._dots(step, p, seed)
         else:
             raise InvalidRequest(f"the modelserver does not make {p.generator!r} images")
-        reply = await self.client.request(cmd, GenImages, timeout=step.timeout_s)
+        reply = await self.client.request(cmd, GenImages, timeout=_rpc_timeout(step))
         if isinstance(p, ActiveParams):
             self._seen.update(reply.image_ids)
         return self._generated(step, reply)
@@ -274,7 +274,7 @@ class ZmqModelLink:
             groups.setdefault(model, []).append((j, m))
         parts = []
         for model, pairs in groups.items():
-            reply = await self.client.request(make(model, [m for _, m in pairs]), GenImages, timeout=step.timeout_s)
+            reply = await self.client.request(make(model, [m for _, m in pairs]), GenImages, timeout=_rpc_timeout(step))
             to_recorded = {m: j for j, m in pairs}
             for prov in reply.provenance:
                 if prov.neuron is not None:
@@ -289,7 +289,7 @@ class ZmqModelLink:
         centers = [(centre + x * p.px_per_deg, centre - y * p.px_per_deg) for x, y in p.locations]
         cmd = GenDots(radii=[d / 2 * p.px_per_deg for d in p.sizes], counts=p.numbers, per_condition=1,
                       centers=centers, spread=max(4.0, 1.5 * p.px_per_deg), seed=seed)
-        reply = await self.client.request(cmd, GenImages, timeout=step.timeout_s)
+        reply = await self.client.request(cmd, GenImages, timeout=_rpc_timeout(step))
         gen = self._generated(step, reply)
         labels = [f"size={d:g},loc={x:g}:{y:g},n={n}" for d in p.sizes for n in p.numbers for x, y in p.locations]
         if len(labels) != len(gen.result.image_ids):
@@ -321,7 +321,7 @@ class ZmqModelLink:
                                      max_l2=p.epsilon * 255.0, steps=p.steps)
             else:
                 cmd = GenSmooth(model=model, neurons=neurons, base_images=images, sigma=p.sigma, seed=seed)
-            reply = await self.client.request(cmd, GenImages, timeout=step.timeout_s)
+            reply = await self.client.request(cmd, GenImages, timeout=_rpc_timeout(step))
             if isinstance(p, SmoothParams) and p.mode == "random":
                 if reply.controls is None:
                     raise ModelError("the modelserver sent no random-smoothing controls")
@@ -390,6 +390,16 @@ class ZmqModelLink:
 def _finite(x: float | None) -> float | None:
     """``x`` as a float, or None when it is missing or not finite (JSON has no NaN)."""
     return float(x) if x is not None and math.isfinite(x) else None
+
+
+#: seconds a prefetched generate request may run on the server: it starts a block before its images
+#: are needed, and the protocol's own deadline (``timeout_s``) is applied by the engine when the
+#: block needs them
+PREFETCH_RPC_TIMEOUT = 900.0
+
+
+def _rpc_timeout(step: GenerateImages) -> float:
+    return max(step.timeout_s, PREFETCH_RPC_TIMEOUT) if step.prefetch else step.timeout_s
 
 
 def _merge(parts: list[Generated]) -> Generated:
