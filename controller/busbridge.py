@@ -11,6 +11,7 @@ from pydantic import ValidationError
 
 from controller.bus.base import Bus
 from controller.engine import Engine
+from wire.errors import BusError
 from wire.topics import (
     AbortCommand,
     BlockStatus,
@@ -98,15 +99,43 @@ class BusBridge:
                 self._queue.task_done()
 
     async def _commands(self) -> None:
-        async for cmd in self.bus.commands():
-            reason = cmd.reason or f"MQTT {cmd.kind} by {cmd.issued_by or 'operator'}"
-            self._on_status("event", {"what": "operator", "message": f"{cmd.kind} accepted ({cmd.command_id})"})
-            if isinstance(cmd, PauseCommand):
-                await self.engine.pause(reason)
-            elif isinstance(cmd, ResumeCommand):
-                await self.engine.resume(reason)
-            elif isinstance(cmd, AbortCommand):
-                await self.engine.abort(reason)
+        """Obey the operator's commands for the whole session. The bus answers bad payloads with
+        ``command.rejected`` and goes on; a command the engine fails to carry out is reported as
+        ``command.failed``; anything unexpected restarts the loop (so a later abort is still
+        obeyed). The loop ends only when the bus connection is lost."""
+        while True:
+            try:
+                async for cmd in self.bus.commands():
+                    try:
+                        await self._obey(cmd)
+                    except asyncio.CancelledError:
+                        raise
+                    except Exception as exc:
+                        log.exception("operator command %s failed", cmd.kind)
+                        with contextlib.suppress(asyncio.QueueFull):
+                            self._queue.put_nowait(SessionEvent(
+                                level="error", event="command.failed",
+                                message=f"{cmd.kind} ({cmd.command_id}) failed: {type(exc).__name__}: "
+                                        f"{str(exc)[:300]}"))
+                return
+            except BusError as exc:
+                log.warning("operator commands no longer received: %s", exc)
+                return
+            except asyncio.CancelledError:
+                raise
+            except Exception:  # a bug in a bus implementation: keep listening
+                log.exception("the operator command loop failed; listening again")
+                await asyncio.sleep(0.1)
+
+    async def _obey(self, cmd: PauseCommand | ResumeCommand | AbortCommand) -> None:
+        reason = cmd.reason or f"MQTT {cmd.kind} by {cmd.issued_by or 'operator'}"
+        self._on_status("event", {"what": "operator", "message": f"{cmd.kind} accepted ({cmd.command_id})"})
+        if isinstance(cmd, PauseCommand):
+            await self.engine.pause(reason)
+        elif isinstance(cmd, ResumeCommand):
+            await self.engine.resume(reason)
+        elif isinstance(cmd, AbortCommand):
+            await self.engine.abort(reason)
 
     async def __aenter__(self) -> BusBridge:
         self._tasks = [asyncio.create_task(self._publish()), asyncio.create_task(self._commands())]

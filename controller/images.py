@@ -3,12 +3,14 @@
 These are what a block shows when the protocol asks for natural images, and what a fallback
 block shows when the modelserver is slow or down. The library reads a pool file (the HDF5
 layout of ``modelserver.generate.pool``: ``images`` uint8 (N, H, W, 3) and ``ids``), a folder
-of the authors' zip files (``images_<session>.zip`` of JPEGs), or an array in memory.
+of the authors' zip files (``images_<session>.zip`` of JPEGs), or an array in memory. Image
+files are decoded by :mod:`wire.imageio` (every mode converted correctly or refused); a bad
+entry in a zip is reported and skipped.
 """
 
 from __future__ import annotations
 
-import io
+import logging
 import zipfile
 from collections.abc import Sequence
 from pathlib import Path
@@ -18,6 +20,9 @@ import numpy as np
 
 from wire.base import image_id
 from wire.errors import InvalidRequest, NotFound
+from wire.imageio import ImageProblem, iter_zip_images
+
+log = logging.getLogger(__name__)
 
 
 def gaudy(images: np.ndarray) -> np.ndarray:
@@ -27,15 +32,28 @@ def gaudy(images: np.ndarray) -> np.ndarray:
     return np.where(x >= means, 255, 0).astype(np.uint8)
 
 
-def read_zip_images(path: str | Path, limit: int | None = None) -> np.ndarray:
-    """The JPEGs of one ``images_<session>.zip``, sorted by name: uint8 (N, H, W, 3)."""
-    from PIL import Image
+def read_zip_images(path: str | Path, limit: int | None = None,
+                    problems: list[ImageProblem] | None = None) -> np.ndarray:
+    """The images of one ``images_<session>.zip`` (JPEG, PNG, ... entries), sorted by name: uint8
+    (N, H, W, 3), at most ``limit`` of them.
 
+    Every entry goes through :func:`wire.imageio.to_rgb8` (16-bit, float, transparent, palette
+    images converted correctly). An entry that cannot be read, or whose size differs from the
+    first image's (a library is one array), is logged, appended to ``problems`` and skipped.
+    """
+    out: list[np.ndarray] = []
     with zipfile.ZipFile(path) as z:
-        names = sorted(n for n in z.namelist() if n.lower().endswith((".jpg", ".jpeg", ".png")))[:limit]
-        out = [np.asarray(Image.open(io.BytesIO(z.read(n))).convert("RGB"), dtype=np.uint8) for n in names]
+        for entry, img in iter_zip_images(z, problems, limit):
+            if out and img.shape != out[0].shape:
+                message = f"{img.shape[1]} x {img.shape[0]} pixels; the archive's first image is " \
+                          f"{out[0].shape[1]} x {out[0].shape[0]}"
+                log.warning("skipped image %s:%s: %s", path, entry, message)
+                if problems is not None:
+                    problems.append(ImageProblem(f"{path}:{entry}", message))
+                continue
+            out.append(img)
     if not out:
-        raise NotFound(f"no images in {path}")
+        raise NotFound(f"no readable images in {path}")
     return np.stack(out)
 
 
@@ -69,9 +87,12 @@ class ImageLibrary:
         return cls(images, ids, name=path.stem)
 
     @classmethod
-    def from_v4(cls, data_dir: str | Path, sessions: Sequence[str], limit: int | None = None) -> ImageLibrary:
+    def from_v4(cls, data_dir: str | Path, sessions: Sequence[str], limit: int | None = None,
+                problems: list[ImageProblem] | None = None) -> ImageLibrary:
+        """The images of the V4 ``sessions``; unreadable entries are logged, appended to
+        ``problems`` and skipped."""
         folder = Path(data_dir) / "images"
-        arrays = [read_zip_images(folder / f"images_{s}.zip", limit) for s in sessions]
+        arrays = [read_zip_images(folder / f"images_{s}.zip", limit, problems) for s in sessions]
         return cls(np.concatenate(arrays), name="v4:" + ",".join(sessions))
 
     def take(self, n: int, seed: int) -> list[int]:

@@ -9,6 +9,13 @@ key's name occurs on exactly one line of the file.
 Command-line overrides (``--set KEY=VALUE``: a dotted key path, list indices as numbers, and
 a YAML value) are applied to the parsed data before validation, so they are validated
 exactly like the file; a problem in an overridden value names the override, not a line.
+
+Reading is bounded (protocol and rig files are tiny in practice): a file larger than
+:data:`MAX_FILE_BYTES` is refused before it is read, text must be UTF-8, nesting deeper than
+:data:`MAX_DEPTH` is refused while composing (YAML) or after parsing (TOML), and a YAML
+document is refused once it would hold more than :data:`MAX_NODES` nodes with every alias
+expanded (a "billion laughs" file stops after about that many nodes, in milliseconds). Each
+of these is a :class:`ProtocolValidationError` naming the file, never a traceback.
 """
 
 from __future__ import annotations
@@ -29,17 +36,160 @@ from protocols.library import LIBRARY, PROTOCOL_ADAPTER, ProtocolBase
 
 Format = Literal["yaml", "toml"]
 
+#: largest protocol or rig file read (protocol files are a few KiB)
+MAX_FILE_BYTES = 1 << 20
+#: deepest nesting of mappings and lists (a protocol needs about 6)
+MAX_DEPTH = 100
+#: most YAML nodes in one document, every alias expanded (a protocol has a few hundred)
+MAX_NODES = 100_000
+
 
 def load_protocol(path: str | Path, overrides: Sequence[str] = ()) -> ProtocolBase:
     """Read and validate a protocol file (``.yaml``/``.yml`` or ``.toml``), with ``overrides``
     (``KEY=VALUE`` strings, see :func:`apply_overrides`) applied before validation."""
     p = Path(path)
     fmt: Format = "toml" if p.suffix.lower() == ".toml" else "yaml"
-    try:
-        text = p.read_text(encoding="utf-8")
-    except OSError as exc:
-        raise ProtocolValidationError([Problem("", f"cannot read: {exc}", source=str(p))], str(p)) from exc
+    text = read_text_file(p)
     return parse_protocol(text, fmt, source=str(p), overrides=overrides)
+
+
+def read_text_file(path: str | Path, max_bytes: int = MAX_FILE_BYTES) -> str:
+    """The UTF-8 text of a protocol (or rig) file, at most ``max_bytes`` long; a file that cannot
+    be read, is too large or is not UTF-8 is a :class:`ProtocolValidationError` naming it (a
+    problem message starting with "cannot read")."""
+    p = Path(path)
+    source = str(p)
+
+    def bad(message: str, line: int | None = None) -> ProtocolValidationError:
+        return ProtocolValidationError([Problem("", f"cannot read: {message}", line=line, source=source)], source)
+
+    try:
+        with p.open("rb") as f:
+            raw = f.read(max_bytes + 1)
+    except OSError as exc:
+        raise bad(str(exc)) from exc
+    if len(raw) > max_bytes:
+        raise bad(f"the file is larger than {max_bytes:,} bytes (protocol and rig files are a few KiB)")
+    try:
+        return raw.decode("utf-8-sig")
+    except UnicodeDecodeError as exc:
+        line = raw.count(b"\n", 0, exc.start) + 1
+        raise bad(f"not UTF-8 text (byte {exc.start}: {exc.reason}); save the file as UTF-8", line) from exc
+
+
+class _BoundedLoader(yaml.SafeLoader):
+    """A safe loader that refuses nesting deeper than :data:`MAX_DEPTH` and documents of more
+    than :data:`MAX_NODES` nodes with aliases expanded, while composing (before anything large
+    is built)."""
+
+    def __init__(self, stream: str) -> None:
+        super().__init__(stream)
+        self._depth = 0
+        self._nodes = 0
+        self._sizes: dict[int, int] = {}
+
+    def fetch_flow_collection_start(self, TokenClass: Any) -> None:
+        # refused while scanning: PyYAML's scanner looks ahead through nested flow collections
+        # (each level may start a simple key) in time quadratic in the depth
+        if self.flow_level >= MAX_DEPTH:
+            raise yaml.scanner.ScannerError(None, None, f"nested deeper than {MAX_DEPTH} levels", self.get_mark())
+        super().fetch_flow_collection_start(TokenClass)  # type: ignore[misc]
+
+    def _count(self, n: int, mark: yaml.Mark | None) -> None:
+        self._nodes += n
+        if self._nodes > MAX_NODES:
+            raise yaml.composer.ComposerError(
+                None, None, f"more than {MAX_NODES:,} values once aliases are expanded "
+                     f"(a YAML alias bomb, or far more data than a protocol holds)", mark)
+
+    def compose_node(self, parent: yaml.Node | None, index: Any) -> yaml.Node:
+        if self.check_event(yaml.AliasEvent):
+            event = self.peek_event()
+            node = super().compose_node(parent, index)  # type: ignore[misc]
+            self._count(self._sizes.get(id(node), 1), event.start_mark)
+            return node  # type: ignore[no-any-return]
+        self._depth += 1
+        if self._depth > MAX_DEPTH:
+            raise yaml.composer.ComposerError(None, None, f"nested deeper than {MAX_DEPTH} levels",
+                                              self.peek_event().start_mark)
+        try:
+            node = super().compose_node(parent, index)  # type: ignore[misc]
+        finally:
+            self._depth -= 1
+        size = 1
+        if isinstance(node, yaml.SequenceNode):
+            size += sum(self._sizes.get(id(c), 1) for c in node.value)
+        elif isinstance(node, yaml.MappingNode):
+            size += sum(self._sizes.get(id(k), 1) + self._sizes.get(id(v), 1) for k, v in node.value)
+        self._sizes[id(node)] = size
+        self._count(1, node.start_mark)
+        return node  # type: ignore[no-any-return]
+
+
+def _yaml_problem(exc: Exception, source: str | None) -> ProtocolValidationError:
+    if isinstance(exc, yaml.MarkedYAMLError):
+        mark = exc.problem_mark or exc.context_mark
+        return ProtocolValidationError([Problem(
+            "", f"YAML syntax: {exc.problem or exc}", line=mark.line + 1 if mark else None,
+            column=mark.column + 1 if mark else None, source=source)], source)
+    if isinstance(exc, yaml.YAMLError):
+        return ProtocolValidationError([Problem("", f"YAML: {exc}", source=source)], source)
+    # a value PyYAML matched but Python refuses (an impossible date, an integer of > 4300 digits)
+    return ProtocolValidationError([Problem("", f"YAML value: {exc}", source=source)], source)
+
+
+def load_yaml(text: str, source: str | None = None) -> tuple[yaml.Node | None, Any]:
+    """(composed node, data) of one YAML document, with the limits of :class:`_BoundedLoader`
+    and :data:`MAX_FILE_BYTES`; any problem is a :class:`ProtocolValidationError`."""
+    if len(text) > MAX_FILE_BYTES:
+        raise ProtocolValidationError([Problem(
+            "", f"the text is longer than {MAX_FILE_BYTES:,} characters", source=source)], source)
+    loader: _BoundedLoader | None = None
+    try:
+        loader = _BoundedLoader(text)  # the reader refuses unprintable characters here
+        node = loader.get_single_node()
+        data = loader.construct_document(node) if node is not None else None
+    except (yaml.YAMLError, ValueError, TypeError, OverflowError, RecursionError) as exc:
+        raise _yaml_problem(exc, source) from exc
+    finally:
+        if loader is not None:
+            loader.dispose()
+    return node, data
+
+
+def _too_deep(data: Any, limit: int) -> bool:
+    stack: list[tuple[Any, int]] = [(data, 0)]
+    while stack:
+        cur, depth = stack.pop()
+        if isinstance(cur, dict | list):
+            if depth >= limit:
+                return True
+            stack.extend((v, depth + 1) for v in (cur.values() if isinstance(cur, dict) else cur))
+    return False
+
+
+def load_toml(text: str, source: str | None = None) -> Any:
+    """The data of a TOML document, with the limits of :data:`MAX_FILE_BYTES` and :data:`MAX_DEPTH`;
+    any problem is a :class:`ProtocolValidationError`."""
+    def bad(message: str, line: int | None = None, column: int | None = None) -> ProtocolValidationError:
+        return ProtocolValidationError([Problem("", message, line=line, column=column, source=source)], source)
+
+    if len(text) > MAX_FILE_BYTES:
+        raise bad(f"the text is longer than {MAX_FILE_BYTES:,} characters")
+    try:
+        data = tomllib.loads(text)
+    except tomllib.TOMLDecodeError as exc:
+        m = re.search(r"line (\d+), column (\d+)", str(exc))
+        end = "end of document" in str(exc)
+        line = int(m.group(1)) if m else (len(text.splitlines()) or 1) if end else None
+        raise bad(f"TOML syntax: {exc}", line, int(m.group(2)) if m else None) from exc
+    except RecursionError as exc:  # tomllib parses nested arrays and inline tables recursively
+        raise bad(f"TOML: nested deeper than {MAX_DEPTH} levels") from exc
+    except (ValueError, TypeError, OverflowError) as exc:  # e.g. an integer of more than 4300 digits
+        raise bad(f"TOML value: {exc}") from exc
+    if _too_deep(data, MAX_DEPTH):
+        raise bad(f"TOML: nested deeper than {MAX_DEPTH} levels")
+    return data
 
 
 def parse_protocol(text: str, fmt: Format = "yaml", source: str | None = None,
@@ -48,26 +198,9 @@ def parse_protocol(text: str, fmt: Format = "yaml", source: str | None = None,
     raises :class:`ProtocolValidationError` listing every problem."""
     node: yaml.Node | None = None
     if fmt == "yaml":
-        try:
-            node = yaml.compose(text, Loader=yaml.SafeLoader)
-            data = yaml.safe_load(text)
-        except yaml.MarkedYAMLError as exc:
-            mark = exc.problem_mark or exc.context_mark
-            raise ProtocolValidationError([Problem(
-                "", f"YAML syntax: {exc.problem or exc}", line=mark.line + 1 if mark else None,
-                column=mark.column + 1 if mark else None, source=source)], source) from exc
-        except yaml.YAMLError as exc:
-            raise ProtocolValidationError([Problem("", f"YAML: {exc}", source=source)], source) from exc
+        node, data = load_yaml(text, source)
     else:
-        try:
-            data = tomllib.loads(text)
-        except tomllib.TOMLDecodeError as exc:
-            m = re.search(r"line (\d+), column (\d+)", str(exc))
-            end = "end of document" in str(exc)
-            line = int(m.group(1)) if m else (len(text.splitlines()) or 1) if end else None
-            raise ProtocolValidationError([Problem(
-                "", f"TOML syntax: {exc}", line=line, column=int(m.group(2)) if m else None,
-                source=source)], source) from exc
+        data = load_toml(text, source)
     return validate_protocol(data, node=node, text=text if fmt == "toml" else None, source=source,
                              overrides=overrides)
 
@@ -83,7 +216,7 @@ def validate_protocol(data: Any, *, node: yaml.Node | None = None, text: str | N
     applied = _apply(data, _parse_all(overrides, source), source)
     file_data, data = data, applied[0]
     origin = _Origin(file_data, applied[1])
-    if "protocol" not in data or data["protocol"] not in LIBRARY:
+    if not isinstance(data.get("protocol"), str) or data["protocol"] not in LIBRARY:
         problem = Problem("protocol", f"must be one of {sorted(LIBRARY)}, got {data.get('protocol')!r}",
                           source=source)
         raise ProtocolValidationError([origin.locate(problem, ["protocol"], ("protocol",), node, text)],
@@ -149,11 +282,10 @@ def parse_override(text: str, source: str | None = None) -> Override:
         raise bad("", f"empty key in {key!r} (keys are separated by single dots)")
     keys: Key = tuple(int(p) if _INDEX.fullmatch(p) else p.strip() for p in parts)
     try:
-        value = yaml.safe_load(raw)
-    except yaml.MarkedYAMLError as exc:
-        raise bad(format_path(keys), f"VALUE is not valid YAML: {exc.problem or exc}") from exc
-    except yaml.YAMLError as exc:
-        raise bad(format_path(keys), f"VALUE is not valid YAML: {exc}") from exc
+        value = load_yaml(raw, source)[1]
+    except ProtocolValidationError as exc:
+        message = exc.problems[0].message.removeprefix("YAML syntax: ").removeprefix("YAML: ")
+        raise bad(format_path(keys), f"VALUE is not valid YAML: {message}") from exc
     return Override(text, keys, value)
 
 

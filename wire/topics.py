@@ -205,32 +205,80 @@ def encode_payload(msg: BusMessage) -> bytes:
     return msg.model_dump_json().encode()
 
 
-def decode_command(topic: str, payload: bytes | str, rig: str) -> PauseCommand | ResumeCommand | AbortCommand:
+#: largest command payload decoded (a command is well under 2 KiB; its reason is at most 1000 characters)
+MAX_COMMAND_BYTES = 16 * 1024
+#: longest command_id / issued_by accepted (both are echoed into the session's events)
+MAX_COMMAND_ID_CHARS = 200
+
+
+def _reject_constant(name: str) -> float:
+    raise ValueError(f"{name} is not JSON")
+
+
+def _validation_summary(exc: ValidationError) -> str:
+    """The first few problems as ``loc: message`` (never the input, which may be huge or deep)."""
+    errors = exc.errors(include_url=False, include_input=False, include_context=False)
+    parts = [f"{'.'.join(str(x) for x in e.get('loc', ())) or '<payload>'}: {e.get('msg', 'invalid')}"
+             for e in errors[:5]]
+    more = f" (and {len(errors) - 5} more)" if len(errors) > 5 else ""
+    return "; ".join(parts) + more
+
+
+def decode_command(topic: str, payload: bytes | bytearray | memoryview | str | None,
+                   rig: str) -> PauseCommand | ResumeCommand | AbortCommand:
     """Validate a command: the topic must be this rig's ``cmd/<name>`` and the payload that command.
 
-    An empty payload is the command with default fields. Raises :class:`DecodeError` naming
-    the problem (bad topic, bad JSON, wrong kind, invalid field).
+    An empty payload is the command with default fields. Any other payload must be at most
+    :data:`MAX_COMMAND_BYTES` of UTF-8 encoded, standard JSON (no NaN/Infinity) holding one
+    object. Raises :class:`DecodeError` naming the problem (bad topic, too large, not UTF-8, bad
+    JSON, nested too deeply, wrong kind, invalid field) for any input at all, and nothing else.
     """
     prefix = f"{ROOT}/{check_rig(rig)}/cmd/"
-    if not topic.startswith(prefix):
-        raise DecodeError(f"{topic!r} is not a command topic of rig {rig!r}")
+    if not isinstance(topic, str) or not topic.startswith(prefix):
+        shown = topic[:200] if isinstance(topic, str) else type(topic).__name__
+        raise DecodeError(f"{shown!r} is not a command topic of rig {rig!r}")
     name = topic[len(prefix):]
     cls = COMMAND_CLASSES.get(name)
     if cls is None:
-        raise DecodeError(f"unknown command {name!r} on {topic!r}; known: {', '.join(COMMAND_NAMES)}")
-    raw = payload.encode() if isinstance(payload, str) else bytes(payload)
+        raise DecodeError(f"unknown command {name[:100]!r} on {topic[:200]!r}; known: {', '.join(COMMAND_NAMES)}")
+    if payload is None:
+        raw = b""
+    elif isinstance(payload, str):
+        try:
+            raw = payload.encode("utf-8")
+        except UnicodeEncodeError as exc:
+            raise DecodeError(f"invalid {name} command: not UTF-8 text ({exc.reason})") from exc
+    elif isinstance(payload, bytes | bytearray | memoryview):
+        raw = bytes(payload)
+    else:
+        raise DecodeError(f"invalid {name} command: a payload is bytes, not {type(payload).__name__}")
+    if len(raw) > MAX_COMMAND_BYTES:
+        raise DecodeError(f"invalid {name} command: {len(raw):,} bytes is more than the limit of "
+                          f"{MAX_COMMAND_BYTES:,}")
     try:
-        data = json.loads(raw) if raw.strip() else {}
-    except ValueError as exc:
-        raise DecodeError(f"invalid {name} command: not JSON ({exc})") from exc
+        text = raw.decode("utf-8")
+    except UnicodeDecodeError as exc:
+        raise DecodeError(f"invalid {name} command: not UTF-8 (byte {exc.start}: {exc.reason})") from exc
+    try:
+        data = json.loads(text, parse_constant=_reject_constant) if text.strip() else {}
+    except RecursionError as exc:
+        raise DecodeError(f"invalid {name} command: JSON nested too deeply") from exc
+    except ValueError as exc:  # JSONDecodeError, NaN/Infinity, an integer of more than 4300 digits
+        raise DecodeError(f"invalid {name} command: not JSON ({str(exc)[:200]})") from exc
     if not isinstance(data, dict):
         raise DecodeError(f"invalid {name} command: expected a JSON object, got {type(data).__name__}")
     try:
         cmd = _COMMAND_ADAPTER.validate_python(data) if "kind" in data else cls.model_validate(data)
     except ValidationError as exc:
-        raise DecodeError(f"invalid {name} command: {exc.errors(include_url=False)}") from exc
+        raise DecodeError(f"invalid {name} command: {_validation_summary(exc)}") from exc
+    except RecursionError as exc:  # pragma: no cover - pydantic guards its own recursion
+        raise DecodeError(f"invalid {name} command: nested too deeply") from exc
     if not isinstance(cmd, cls):
         raise DecodeError(f"payload {type(cmd).__name__} does not match topic {topic!r}")
+    for field in ("command_id", "issued_by"):
+        value = getattr(cmd, field)
+        if value is not None and len(value) > MAX_COMMAND_ID_CHARS:
+            raise DecodeError(f"invalid {name} command: {field} is longer than {MAX_COMMAND_ID_CHARS} characters")
     assert isinstance(cmd, PauseCommand | ResumeCommand | AbortCommand)
     return cmd
 

@@ -7,8 +7,8 @@ from collections.abc import AsyncIterator, Callable
 from types import TracebackType
 from typing import Protocol, runtime_checkable
 
-from wire.errors import BusError
-from wire.topics import AbortCommand, BusMessage, PauseCommand, ResumeCommand, Topics
+from wire.errors import BusError, DecodeError
+from wire.topics import AbortCommand, BusMessage, PauseCommand, ResumeCommand, SessionEvent, Topics
 
 Command = PauseCommand | ResumeCommand | AbortCommand
 
@@ -20,8 +20,11 @@ class Bus(Protocol):
     An async context manager: entering connects (and subscribes to the rig's commands),
     leaving disconnects; a refused connection raises :class:`wire.errors.BusError`.
     ``publish`` sends a status or event on its topic (``Topics.for_message``); ``commands``
-    iterates the operator's validated commands (an invalid one is answered with a
-    ``command.rejected`` :class:`~wire.topics.SessionEvent` and skipped).
+    iterates the operator's validated commands: any other payload at all on a command topic
+    (not JSON, not UTF-8, too large, nested too deeply, wrong types, unknown command, a
+    retained message) is answered with a ``command.rejected`` :class:`~wire.topics.SessionEvent`
+    (:func:`rejection`) and skipped, and the iteration goes on. It ends only when the bus does
+    (``BusError``: the connection was lost).
     """
 
     rig: str
@@ -75,3 +78,23 @@ async def first_status(statuses: AsyncIterator[BusMessage], predicate: Callable[
         return await asyncio.wait_for(first(), timeout)
     except TimeoutError as exc:
         raise BusError(f"no matching status {where}within {timeout} s") from exc
+
+
+#: longest ``command.rejected`` message published (the payload that caused it may be huge)
+MAX_REJECTION_CHARS = 500
+
+
+def rejection(topic: str, problem: BaseException | str) -> SessionEvent:
+    """The ``command.rejected`` event for a payload on ``topic`` that is not obeyed: the
+    :class:`DecodeError`'s message (shortened), or a generic one for any other exception."""
+    try:
+        detail = str(problem)
+    except Exception:  # an exception whose message cannot even be made
+        detail = ""
+    if isinstance(problem, str | DecodeError):
+        text = detail
+    else:
+        text = f"command on {topic[:200]!r} not decoded ({type(problem).__name__}: {detail[:200]})"
+    if len(text) > MAX_REJECTION_CHARS:
+        text = text[:MAX_REJECTION_CHARS - 1] + "\u2026"
+    return SessionEvent(level="warning", event="command.rejected", message=text)

@@ -14,7 +14,6 @@ downloaded. :func:`gaudy` gives the Cowley et al. "gaudy" versions.
 
 from __future__ import annotations
 
-import io
 import zipfile
 from collections.abc import Callable, Iterable, Iterator, Sequence
 from concurrent.futures import Future, ThreadPoolExecutor
@@ -31,6 +30,7 @@ from modelserver.compact import IMAGE_SIZE, preprocess
 from modelserver.generate.models import ResponseModel
 from wire.base import image_id
 from wire.errors import InvalidRequest, NotFound
+from wire.imageio import ImageProblem, decode_image_or_skip, read_image_or_skip, to_rgb8, zip_image_names
 
 POOL_FORMAT = "cortexloop.pool"
 IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".bmp", ".tif", ".tiff", ".gif", ".webp")
@@ -197,18 +197,20 @@ def build_pool(path: str | Path, batches: Iterable[np.ndarray], image_size: int 
 
 # --- sources ----------------------------------------------------------------------------
 def _rgb(img: Image.Image) -> np.ndarray:
-    return np.asarray(img.convert("RGB"), dtype=np.uint8)
+    return to_rgb8(img, getattr(img, "filename", None) or "image")
 
 
-def folder_images(folder: str | Path) -> Iterator[np.ndarray]:
-    """Every image file under ``folder`` (sorted by path), as uint8 (H, W, 3) RGB."""
+def folder_images(folder: str | Path, problems: list[ImageProblem] | None = None) -> Iterator[np.ndarray]:
+    """Every image file under ``folder`` (sorted by path), as uint8 (H, W, 3) RGB (decoded by
+    :mod:`wire.imageio`); a file that cannot be read is logged, appended to ``problems`` and skipped."""
     folder = Path(folder)
     if not folder.is_dir():
         raise NotFound(f"no image folder at {folder}")
     for p in sorted(folder.rglob("*")):
         if p.suffix.lower() in IMAGE_SUFFIXES and p.is_file():
-            with Image.open(p) as img:
-                yield _rgb(img)
+            rgb = read_image_or_skip(p, problems)
+            if rgb is not None:
+                yield rgb
 
 
 def fit_image(img: np.ndarray, size: int = IMAGE_SIZE) -> np.ndarray:
@@ -233,9 +235,10 @@ def fitted_batches(images: Iterable[np.ndarray], size: int = IMAGE_SIZE, batch_s
         yield np.stack(buf)
 
 
-def v4_images(v4_dir: str | Path, sessions: Sequence[str] | None = None, limit: int | None = None
-              ) -> Iterator[np.ndarray]:
-    """The V4 session images (``images/images_<session>.zip``, entries sorted by name)."""
+def v4_images(v4_dir: str | Path, sessions: Sequence[str] | None = None, limit: int | None = None,
+              problems: list[ImageProblem] | None = None) -> Iterator[np.ndarray]:
+    """The V4 session images (``images/images_<session>.zip``, entries sorted by name); an entry
+    that cannot be read is logged, appended to ``problems`` and skipped."""
     zips = sorted((Path(v4_dir) / "images").glob("images_*.zip"))
     if sessions is not None:
         zips = [z for z in zips if z.stem.removeprefix("images_") in set(sessions)]
@@ -244,12 +247,13 @@ def v4_images(v4_dir: str | Path, sessions: Sequence[str] | None = None, limit: 
     n = 0
     for z in zips:
         with zipfile.ZipFile(z) as zf:
-            for name in sorted(n for n in zf.namelist() if n.lower().endswith((".jpg", ".jpeg", ".png"))):
+            for name in zip_image_names(zf):
                 if limit is not None and n >= limit:
                     return
-                with Image.open(io.BytesIO(zf.read(name))) as img:
-                    yield _rgb(img)
-                n += 1
+                rgb = decode_image_or_skip(zf, name, problems)
+                if rgb is not None:
+                    yield rgb
+                    n += 1
 
 
 def package_sample_images() -> list[np.ndarray]:
