@@ -55,10 +55,30 @@ def keys_generate(folder: Path, name: str) -> None:
     console.print(f"public: {public}\nsecret: {secret} (keep it private; mode 600)")
 
 
+@keys_app.command("generate-rig")
+def keys_generate_rig(folder: Path) -> None:
+    """Write the key pairs a rig file's ``keys: {folder: FOLDER}`` names by default: controller,
+    stimserver, modelserver, virtualrig. Existing pairs are kept."""
+    from wire.security import generate_keypair
+
+    for name in ("controller", "stimserver", "modelserver", "virtualrig"):
+        if (folder / f"{name}.key_secret").exists():
+            console.print(f"{name}: kept {folder / (name + '.key_secret')}")
+            continue
+        public, _ = generate_keypair(folder, name)
+        console.print(f"{name}: {public}")
+    console.print(f"rig file: keys: {{folder: {folder}}}")
+
+
 @app.command()
 def inspect(session: Path, documents: Annotated[bool, typer.Option(help="print every document")] = False) -> None:
-    """Summarise a session file: documents by kind, trials, counts, problems."""
-    from controller.store import SessionReader
+    """Summarise a session file: documents by kind, trials, counts, problems.
+
+    Every damaged part that was skipped is printed (position and cause) and the exit status is 1
+    when there is any (docs/store.md, "Damaged files")."""
+    from rich.markup import escape
+
+    from controller.store import SessionReader, damage_that_matters
 
     with SessionReader(session) as reader:
         kinds: dict[str, int] = {}
@@ -66,14 +86,28 @@ def inspect(session: Path, documents: Annotated[bool, typer.Option(help="print e
             kinds[doc.kind] = kinds.get(doc.kind, 0) + 1
             if documents:
                 console.print_json(json.dumps(doc.model_dump(mode="json", exclude={"pixels", "counts"})))
-        table = Table(title=str(session))
-        table.add_column("document")
-        table.add_column("count", justify="right")
-        for k, n in kinds.items():
-            table.add_row(k, str(n))
-        console.print(table)
-        for p in reader.problems:
-            console.print(f"[red]problem:[/red] {p}")
+        damage = reader.damage
+    table = Table(title=str(session))
+    table.add_column("document")
+    table.add_column("count", justify="right")
+    for k, n in kinds.items():
+        table.add_row(k, str(n))
+    lost: dict[str, int] = {}
+    for d in damage:
+        if d.index is not None:
+            key = f"{d.kind or 'unknown kind'} (damaged, skipped)"
+            lost[key] = lost.get(key, 0) + (d.last - d.index + 1 if d.last is not None else 1)
+    for k, n in lost.items():
+        table.add_row(f"[red]{escape(k)}[/red]", f"[red]{n}[/red]")
+    console.print(table)
+    for d in damage:
+        console.print(f"[red]problem:[/red] {escape(str(d))}", soft_wrap=True)
+    if damage:
+        serious = damage_that_matters(damage)
+        console.print(f"[red]{len(damage)} damaged part(s) skipped[/red]; "
+                      + (f"{len(serious)} of them matter for replay and export" if serious else
+                         "none of them matters for replay or export"), soft_wrap=True)
+        raise typer.Exit(1)
 
 
 @app.command()
@@ -110,11 +144,23 @@ def report(
     out: Annotated[Path, typer.Option(help="folder for index.html and its figures")] = Path("out/report"),
     summary: Annotated[Path | None, typer.Option(help="a demo's summary.json (ground-truth figures)")] = None,
 ) -> None:
-    """An HTML page with PNG figures: model versions, causal tests, image grids, timing."""
+    """An HTML page with PNG figures: model versions, causal tests, image grids, timing.
+
+    Damaged records are skipped and listed on the page ("damaged records") and here; the exit
+    status is then 1 (the page is written all the same)."""
+    from rich.markup import escape
+
     from controller.report import write_report
 
-    page = write_report(sessions, out, summary)
+    problems: list[str] = []
+    page = write_report(sessions, out, summary, problems=problems)
+    for p in problems:
+        console.print(f"[red]problem:[/red] {escape(p)}", soft_wrap=True)
     console.print(f"report: {page}")
+    if problems:
+        console.print(f"[red]{len(problems)} damaged part(s) skipped[/red]: the page lists them under "
+                      "'damaged records'", soft_wrap=True)
+        raise typer.Exit(1)
 
 
 @app.command()
@@ -202,19 +248,44 @@ def export(
     species: Annotated[str | None, typer.Option(help="default Macaca mulatta")] = None,
     age: Annotated[str | None, typer.Option(help="ISO 8601 duration, e.g. P7Y")] = None,
     sex: Annotated[str | None, typer.Option(help="M, F, U or O")] = None,
+    allow_damaged: Annotated[bool, typer.Option(
+        help="export what can be read even when records the export needs are damaged (exit status "
+             "stays 1)")] = False,
 ) -> None:
-    """Export a session file for sharing: NWB (checked with nwbinspector)."""
+    """Export a session file for sharing: NWB (checked with nwbinspector).
+
+    Damaged records are skipped and printed. When the damage matters (a start, block, image, trial
+    or response record, one of unknown kind, or the file itself) nothing is written and the exit
+    status is 1; with --allow-damaged the file is written all the same, still with status 1."""
+    from rich.markup import escape
+
     from controller.nwb import check_nwb, export_nwb
+    from controller.store import Damage, DamagedSession, damage_that_matters
 
     if not nwb:
         raise typer.BadParameter("choose a format: --nwb")
-    path = export_nwb(session, out or session.with_suffix(".nwb"), overwrite=overwrite, lab=lab,
-                      institution=institution, experimenter=experimenter, species=species, age=age, sex=sex)
+    damage: list[Damage] = []
+    try:
+        path = export_nwb(session, out or session.with_suffix(".nwb"), overwrite=overwrite, lab=lab,
+                          institution=institution, experimenter=experimenter, species=species, age=age, sex=sex,
+                          allow_damaged=allow_damaged, damage=damage)
+    except DamagedSession as exc:
+        for d in exc.damage:
+            console.print(f"[red]problem:[/red] {escape(str(d))}", soft_wrap=True)
+        console.print(f"[red]not exported[/red]: {len(exc.damage)} damaged part(s) of {escape(str(session))} that "
+                      "an export needs (--allow-damaged exports what can be read)", soft_wrap=True)
+        raise typer.Exit(1) from None
+    for d in damage:
+        console.print(f"[{'red' if d.matters() else 'yellow'}]problem:[/] {escape(str(d))}", soft_wrap=True)
+    serious = damage_that_matters(damage)
+    if damage:
+        console.print(f"{len(damage)} damaged part(s) skipped (listed in the NWB file's notes)"
+                      + (f"; [red]{len(serious)} of them matter[/red]" if serious else ""), soft_wrap=True)
     problems = check_nwb(path)
     for p in problems:
         console.print(f"[yellow]nwbinspector:[/yellow] {p}")
     console.print(f"NWB file: {path}" + ("" if problems else " (nwbinspector: no violations)"))
-    if problems:
+    if problems or serious:
         raise typer.Exit(1)
 
 

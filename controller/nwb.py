@@ -28,7 +28,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
@@ -45,6 +45,9 @@ from wire.documents import (
     TrialDoc,
 )
 from wire.errors import CortexloopError, StoreError
+
+if TYPE_CHECKING:
+    from controller.store import Damage
 
 log = logging.getLogger(__name__)
 
@@ -64,6 +67,7 @@ class _Session:
     start: StartDoc
     docs: list[Any]
     problems: list[str]
+    damage: list[Damage] = field(default_factory=list)
     stop: StopDoc | None = None
     blocks: list[BlockDoc] = field(default_factory=list)
     images: dict[str, np.ndarray] = field(default_factory=dict)
@@ -79,15 +83,24 @@ class _Session:
         return t - self.start.time
 
 
-def _read_session(path: Path) -> _Session:
-    from controller.store import SessionReader
+def _read_session(path: Path, *, allow_damaged: bool = False) -> _Session:
+    """The session's documents; DamagedSession when damage matters for an export (``Damage.matters``:
+    a start, block, image, trial or response record, one of unknown kind, or the file itself) unless
+    ``allow_damaged``. Whatever was skipped is listed in ``problems`` (and in the NWB file's notes)."""
+    from controller.store import DamagedSession, SessionReader, damage_that_matters
 
     with SessionReader(path) as reader:
         docs = list(reader.documents())
-        problems = list(reader.problems)
+        damage = reader.damage
+    serious = damage_that_matters(damage)
+    if serious and not allow_damaged:
+        raise DamagedSession(path, serious, "an NWB export")
+    for d in damage:
+        log.warning("export of %s skips %s", path.name, d)
     if not docs or not isinstance(docs[0], StartDoc):
-        raise StoreError(f"{path} has no start document; it cannot be exported")
-    s = _Session(path=path, start=docs[0], docs=docs, problems=problems)
+        raise StoreError(f"{path} has no start document; it cannot be exported"
+                         + (" (its first record is damaged)" if any(d.index == 0 for d in damage) else ""))
+    s = _Session(path=path, start=docs[0], docs=docs, problems=[str(d) for d in damage], damage=damage)
     for d in docs[1:]:
         if isinstance(d, BlockDoc):
             s.blocks.append(d)
@@ -116,8 +129,14 @@ def _read_session(path: Path) -> _Session:
         log.warning("%s: %d responses have no trial document (kept in scratch/cortexloop_documents only): %s",
                     path, len(orphans), ", ".join(orphans[:5]))
     missing = sorted({t.image_id for t in s.trials} - s.images.keys())
+    lost = {d.image_id for d in damage if d.kind == "image" and d.image_id} | (
+        set(missing) if any(d.kind in ("image", None) for d in damage) else set())
+    if set(missing) - lost:
+        raise StoreError(f"{path}: trials show images that were never stored: "
+                         f"{', '.join(sorted(set(missing) - lost)[:5])}")
     if missing:
-        raise StoreError(f"{path}: trials show images that were never stored: {', '.join(missing[:5])}")
+        log.warning("%s: %d images shown are lost to damage; their trials have image_index -1 and are left "
+                    "out of stimulus_presentations", path, len(missing))
     return s
 
 
@@ -231,8 +250,9 @@ def _trials(s: _Session, image_index: dict[str, int]) -> Any:
          np.array([block_index.get(t.block_id, -1) for t in ts], dtype=np.int64)),
         ("index_in_block", "position of the trial within its block", np.array([t.index for t in ts], np.int64)),
         ("image_id", "content hash of the image shown (name of its stimulus template)", [t.image_id for t in ts]),
-        ("image_index", "index of the image in stimulus/templates/stimulus_images (order_of_images)",
-         np.array([image_index[t.image_id] for t in ts], dtype=np.int64)),
+        ("image_index", "index of the image in stimulus/templates/stimulus_images (order_of_images); -1: "
+                        "the image's record is damaged in the session file",
+         np.array([image_index.get(t.image_id, -1) for t in ts], dtype=np.int64)),
         ("condition", "condition of the trial in its block's trial list", _conditions(s)),
         ("on_frames", "display frames the image was on", np.array([t.on_frames for t in ts], np.int64)),
         ("dropped_frames", "display frames dropped during the trial",
@@ -276,17 +296,20 @@ def _stimuli(s: _Session) -> tuple[Any, dict[str, int]]:
 def _presentations(s: _Session, images: Any, image_index: dict[str, int]) -> Any:
     from pynwb.image import IndexSeries
 
-    onsets = np.array([t.onset for t in s.trials], dtype=np.float64)
+    shown = [t for t in s.trials if t.image_id in image_index]  # all, unless images were lost to damage
+    onsets = np.array([t.onset for t in shown], dtype=np.float64)
     timing: dict[str, Any] = {"timestamps": onsets}
     steps = np.unique(np.diff(onsets).round(9)) if len(onsets) > 2 else np.array([])
     if steps.size == 1 and steps[0] > 0:  # perfectly regular: nwbinspector wants starting_time + rate
         timing = {"starting_time": float(onsets[0]), "rate": float(1.0 / steps[0])}
     return IndexSeries(
         name="stimulus_presentations",
-        data=np.array([image_index[t.image_id] for t in s.trials], dtype=np.uint32),
+        data=np.array([image_index[t.image_id] for t in shown], dtype=np.uint32),
         indexed_images=images, unit="N/A",
         description=f"index (into stimulus_images) of the image shown on each trial, in the order of the "
-                    f"trials table; times are onsets on {STIM_CLOCK}",
+                    f"trials table; times are onsets on {STIM_CLOCK}"
+                    + ("" if len(shown) == len(s.trials) else
+                       f"; {len(s.trials) - len(shown)} trials whose image record is damaged are left out"),
         **timing)
 
 
@@ -401,11 +424,14 @@ def _document_log(s: _Session) -> Any:
 
 def build_nwbfile(session_path: str | Path, *, lab: str | None = None, institution: str | None = None,
                   experimenter: str | Sequence[str] | None = None, species: str = DEFAULT_SPECIES,
-                  age: str = UNKNOWN_AGE, sex: str = "U") -> Any:
+                  age: str = UNKNOWN_AGE, sex: str = "U", allow_damaged: bool = False,
+                  damage: list[Damage] | None = None) -> Any:
     """The in-memory ``pynwb.NWBFile`` of a session file (see :func:`export_nwb`)."""
     from pynwb import ProcessingModule
 
-    s = _read_session(Path(session_path))
+    s = _read_session(Path(session_path), allow_damaged=allow_damaged)
+    if damage is not None:
+        damage.extend(s.damage)
     people = [experimenter] if isinstance(experimenter, str) else experimenter
     nwb = _nwbfile(s, lab=lab, institution=institution, experimenter=people, species=species, age=age, sex=sex)
     images, image_index = _stimuli(s) if s.images else (None, {})
@@ -413,7 +439,8 @@ def build_nwbfile(session_path: str | Path, *, lab: str | None = None, instituti
         nwb.add_stimulus_template(images)
     if s.trials:
         nwb.trials = _trials(s, image_index)
-        nwb.add_stimulus(_presentations(s, images, image_index))
+        if images is not None and any(t.image_id in image_index for t in s.trials):
+            nwb.add_stimulus(_presentations(s, images, image_index))
         counts = _counts(s, nwb.trials)
         if counts:
             ecephys = ProcessingModule(name="ecephys", description="spike counts per trial and unit, counted "
@@ -435,7 +462,8 @@ def build_nwbfile(session_path: str | Path, *, lab: str | None = None, instituti
 def export_nwb(session_path: str | Path, out_path: str | Path, *, overwrite: bool = False,
                lab: str | None = None, institution: str | None = None,
                experimenter: str | Sequence[str] | None = None, species: str | None = None,
-               age: str | None = None, sex: str | None = None) -> Path:
+               age: str | None = None, sex: str | None = None, allow_damaged: bool = False,
+               damage: list[Damage] | None = None) -> Path:
     """Write a session file as an NWB file and return its path.
 
     ``experimenter`` is one name or several ("Last, First" is DANDI's form). ``species`` defaults
@@ -443,6 +471,12 @@ def export_nwb(session_path: str | Path, out_path: str | Path, *, overwrite: boo
     "U" (unknown; or "M", "F", "O"). Raises StoreError when the session file is missing or not
     readable, has no start document, or ``out_path`` exists and ``overwrite`` is false. The file
     is written beside ``out_path`` and renamed into place, so a failed export leaves no half file.
+
+    Damaged records are skipped, appended to ``damage`` (``controller.store.Damage``, when given)
+    and listed in the NWB file's notes. Damage that matters (a start, block, image, trial or response
+    record, one of unknown kind, or the file itself) raises ``DamagedSession`` (a StoreError) and
+    writes nothing, unless ``allow_damaged``: then what could be read is exported (trials whose image
+    is lost get image_index -1).
     """
     try:
         from pynwb import NWBHDF5IO
@@ -456,7 +490,8 @@ def export_nwb(session_path: str | Path, out_path: str | Path, *, overwrite: boo
     if out.exists() and not overwrite:
         raise StoreError(f"{out} exists; pass overwrite=True (--overwrite) to replace it")
     nwb = build_nwbfile(session_path, lab=lab, institution=institution, experimenter=experimenter,
-                        species=species or DEFAULT_SPECIES, age=age or UNKNOWN_AGE, sex=sex or "U")
+                        species=species or DEFAULT_SPECIES, age=age or UNKNOWN_AGE, sex=sex or "U",
+                        allow_damaged=allow_damaged, damage=damage)
     out.parent.mkdir(parents=True, exist_ok=True)
     tmp = out.with_name(out.name + ".partial.nwb")
     try:

@@ -20,6 +20,7 @@ settings give the same model metrics and picks (the modelserver starts empty for
 from __future__ import annotations
 
 import asyncio
+import logging
 from collections.abc import AsyncIterator
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -31,12 +32,14 @@ from controller.acquisition.base import AcquisitionSource, Item
 from controller.acquisition.binning import ClosedTrial
 from controller.config import BusConfig, ImagesConfig, ModelConfig, RunConfig, StimConfig
 from controller.images import ImageLibrary
-from controller.store import SessionReader
+from controller.store import DamagedSession, SessionReader, damage_that_matters
 from protocols.library import PROTOCOL_ADAPTER, ProtocolBase
 from protocols.steps import GenerateImages, Plan, PresentBlock, Step
-from wire.documents import BlockDoc, ModelVersionDoc, PickDoc, ResponseDoc, StartDoc, StopDoc
+from wire.documents import BlockDoc, ImageDoc, ModelVersionDoc, PickDoc, ResponseDoc, StartDoc, StopDoc
 from wire.errors import InvalidRequest, StoreError
 from wire.stim import TrialEvent
+
+log = logging.getLogger(__name__)
 
 __all__ = ["POLICIES", "Recording", "ReplayOutcome", "compare", "replay_plan", "replay_session"]
 
@@ -45,15 +48,27 @@ POLICIES = ("ensemble_variance", "max_entropy", "random")
 
 
 class Recording:
-    """A session file's blocks, images and counts, as the engine's replay needs them."""
+    """A session file's blocks, images and counts, as the engine's replay needs them.
 
-    def __init__(self, path: str | Path) -> None:
+    The file is read once. Damaged records are skipped and listed in :attr:`damage` (and logged);
+    damage that matters for a replay (``Damage.matters``: a start, block, image, trial or response
+    record, a record of unknown kind, or the file itself) raises ``DamagedSession`` (a StoreError
+    naming every damaged part) unless ``allow_damaged``."""
+
+    def __init__(self, path: str | Path, *, allow_damaged: bool = False) -> None:
         self.path = Path(path)
         if not self.path.is_file():
             raise StoreError(f"no session file at {self.path}")
         with SessionReader(self.path) as reader:
             self.docs = list(reader.documents())
-            self.images = reader.images()
+            #: what the reader skipped (controller.store.Damage), in file order
+            self.damage = reader.damage
+        serious = damage_that_matters(self.damage)
+        if serious and not allow_damaged:
+            raise DamagedSession(self.path, serious, "a replay")
+        for d in self.damage:
+            log.warning("replay of %s skips %s", self.path.name, d)
+        self.images = {d.image_id: d.pixels for d in self.docs if isinstance(d, ImageDoc)}
         starts = [d for d in self.docs if isinstance(d, StartDoc)]
         if not starts:
             raise StoreError(f"{self.path} has no start document: not a session file, or empty")
@@ -176,19 +191,24 @@ def replay_config(out_dir: Path, model: ModelConfig | None = None, images: Image
 
 def recorded_images(recording: Recording, v4_dir: Path | None = None) -> ImageLibrary:
     """The image library the recorded session drew from (its rig file's ``images``, with ``v4_dir``
-    in place of the recorded folder when given), or the recording's own images when that is gone."""
+    in place of the recorded folder when given; synthetic images made again from the recorded seed),
+    or the recording's own images when that folder or file is gone."""
     from pydantic import ValidationError
 
     from controller.assembly import build_images
 
+    if not isinstance(recording.start.config.get("images"), dict):
+        return recording.library()
     try:
-        images = ImagesConfig.model_validate(recording.start.config.get("images") or {})
+        images = ImagesConfig.model_validate(recording.start.config["images"])
     except ValidationError:
         return recording.library()
     if v4_dir is not None:
         images = images.model_copy(update={"v4_dir": v4_dir, "pool": None})
-    if (images.pool is None and images.v4_dir is None) or not Path(images.v4_dir or images.pool or "").exists():
+    source = images.pool or images.v4_dir
+    if source is not None and not Path(source).exists():
         return recording.library()
+    # synthetic images are made again from the recorded seed: the same library the session drew from
     return build_images(RunConfig(images=images, seed=recording.seed))[0]
 
 

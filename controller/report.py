@@ -11,6 +11,10 @@ Figures, each drawn only when the sessions hold what it needs:
 - held-out noise-corrected R2 (r2_ER) per neuron, from ``summary.json``, where blocks had repeats;
 - timing: dropped frames per block, and the turnaround between blocks (last counts of one block
   to the first trial of the next).
+
+A damaged session file does not stop the report: what could be read is drawn, and a "damaged
+records" section at the top of the page lists every skipped record (by position and cause) and
+every file that could not be opened at all (``problems`` receives the same lines).
 """
 
 from __future__ import annotations
@@ -24,7 +28,8 @@ from typing import Any
 import numpy as np
 
 from controller.store import SessionReader
-from wire.documents import BlockDoc, ModelVersionDoc, ResponseDoc, StepDoc, TrialDoc
+from wire.documents import BlockDoc, ImageDoc, ModelVersionDoc, ResponseDoc, StepDoc, TrialDoc
+from wire.errors import StoreError
 
 
 def _plt() -> Any:
@@ -114,7 +119,11 @@ def _grids(docs: list[Any], images: dict[str, np.ndarray], out: Path, stem: str)
                 ax = axes[i][j]
                 ax.axis("off")
                 if j < len(by_cond[c][:8]):
-                    ax.imshow(images[by_cond[c][j]])
+                    px = images.get(by_cond[c][j])
+                    if px is None:  # its record is damaged: say so where it would have been
+                        ax.text(0.5, 0.5, "image\nlost", ha="center", va="center", fontsize=6, color="red")
+                    else:
+                        ax.imshow(px)
             axes[i][0].set_title(c, fontsize=6, loc="left")
         names.append(_save(fig, out, f"{stem}-{block.block_id}-images.png"))
     return names
@@ -165,17 +174,50 @@ def _timing(sessions: dict[str, list[Any]], out: Path) -> str | None:
     return _save(fig, out, "timing.png")
 
 
-def write_report(session_files: list[Path], out: Path, summary_file: Path | None = None) -> Path:
-    """Write ``out/index.html`` and its PNGs; returns the page's path."""
+def _damage_section(skipped: list[str], unreadable: list[str], empty: list[str]) -> str:
+    items = [f"<li>{html.escape(p)}</li>" for p in unreadable + skipped]
+    items += [f"<li>{html.escape(name)}: no document could be read</li>" for name in empty]
+    what = []
+    if unreadable:
+        what.append(f"{len(unreadable)} file(s) could not be opened")
+    if skipped:
+        what.append(f"{len(skipped)} damaged part(s) were skipped")
+    if empty:
+        what.append(f"{len(empty)} file(s) hold no readable document")
+    return ("<section id='damaged' style='border:2px solid #c00;padding:0 1em;background:#fee'>"
+            "<h2>damaged records</h2>"
+            f"<p><b>{html.escape('; '.join(what))}</b>: the figures below leave them out.</p>"
+            f"<ul>{''.join(items)}</ul></section>")
+
+
+def write_report(session_files: list[Path], out: Path, summary_file: Path | None = None,
+                 problems: list[str] | None = None) -> Path:
+    """Write ``out/index.html`` and its PNGs; returns the page's path.
+
+    Damaged records are skipped and a file that cannot be opened is left out; both are listed in a
+    "damaged records" section at the top of the page and appended to ``problems`` (when given)."""
     out.mkdir(parents=True, exist_ok=True)
     sessions: dict[str, list[Any]] = {}
     images: dict[str, dict[str, np.ndarray]] = {}
+    skipped: list[str] = []
+    unreadable: list[str] = []
     for f in session_files:
-        with SessionReader(f) as r:
-            sessions[f.stem] = list(r.documents())
-            images[f.stem] = r.images()
+        try:
+            with SessionReader(f) as r:
+                docs = list(r.documents())
+                skipped += r.problems
+        except StoreError as exc:
+            unreadable.append(str(exc))
+            continue
+        sessions[f.stem] = docs
+        images[f.stem] = {d.image_id: d.pixels for d in docs if isinstance(d, ImageDoc)}
+    empty = [name for name, docs in sessions.items() if not docs]
+    if problems is not None:
+        problems += unreadable + skipped + [f"{name}: no document could be read" for name in empty]
     parts = ["<h1>cortexloop report</h1>",
              f"<p>{len(sessions)} session(s): {html.escape(', '.join(sessions))}</p>"]
+    if skipped or unreadable or empty:
+        parts.append(_damage_section(skipped, unreadable, empty))
 
     def img(name: str | None, caption: str) -> None:
         if name:
@@ -198,6 +240,10 @@ def write_report(session_files: list[Path], out: Path, summary_file: Path | None
         for g in _grids(docs, images[stem], out, stem):
             img(g, f"{stem}: images per condition")
     img(_timing(sessions, out), "dropped frames per block; turnaround between blocks")
+    if not any(p.startswith("<figure>") for p in parts):
+        parts.append("<p>Nothing to draw: " + ("no session file could be read." if not sessions else
+                     "the sessions hold no model versions, causal tests, image blocks, trials or summary.")
+                     + "</p>")
     page = out / "index.html"
     page.write_text("<!doctype html><meta charset=utf-8><title>cortexloop report</title>\n" + "\n".join(parts))
     return page
