@@ -120,8 +120,10 @@ def demo_config(out: Path, settings: DemoSettings, data: Path | None, ground_tru
     v4 = data if has_v4(data) else None
     images = (ImagesConfig(v4_dir=v4, holdout=settings.eval_images) if v4 is not None else
               ImagesConfig(synthetic=1300, holdout=settings.eval_images))
-    rig = (VirtualRigConfig(data=v4, session=ground_truth, neurons=settings.neurons, device=settings.device)
-           if v4 is not None else VirtualRigConfig(n_units=settings.neurons * 2, seed=1))
+    # 100 ms images (6 frames at 60 Hz) on a 2 spikes/s baseline: the driven response fills the counting window
+    rig = (VirtualRigConfig(data=v4, session=ground_truth, neurons=settings.neurons, device=settings.device,
+                            baseline=2.0)
+           if v4 is not None else VirtualRigConfig(n_units=settings.neurons * 2, seed=1, baseline=2.0))
     model = ModelConfig(device=settings.device, members=settings.members, max_epochs=settings.epochs_session,
                         block_epochs=settings.epochs_block, session_epochs=settings.epochs_session,
                         pool_crops=settings.pool_crops, v4_dir=v4, data_dir=out / "modelserver", timeout=60)
@@ -143,7 +145,7 @@ def write_rig_file(cfg: RunConfig, path: Path) -> Path:
 def sysid_protocol(k: int, settings: DemoSettings) -> SysidProtocol:
     return SysidProtocol.model_validate({
         "protocol": "sysid", "seed": k + 1, "n_blocks": settings.blocks, "normal": settings.normal,
-        "gaudy": settings.gaudy, "timing": {"on_frames": 4, "off_frames": 4}, "retrain": "both",
+        "gaudy": settings.gaudy, "timing": {"on_frames": 6, "off_frames": 4}, "retrain": "both",
         "active": {"n_images": settings.active, "start_block": 0 if k else 1, "timeout_s": 300},
         "heldout": {"block_id": "heldout", "n_images": settings.heldout_images,
                     "repeats": settings.heldout_repeats, "seed": 7},
@@ -152,7 +154,7 @@ def sysid_protocol(k: int, settings: DemoSettings) -> SysidProtocol:
 
 def maximize_protocol(settings: DemoSettings) -> MaximizeProtocol:
     return MaximizeProtocol.model_validate({
-        "protocol": "maximize", "seed": 99, "timing": {"on_frames": 4, "off_frames": 4},
+        "protocol": "maximize", "seed": 99, "timing": {"on_frames": 6, "off_frames": 4},
         "heldout": {"n_images": 40, "repeats": 3}, "match": {"min_score": 0.3},
         "n_per_neuron": settings.max_per_neuron, "n_random": settings.max_random, "repeats": settings.max_repeats,
         "synth": {"steps": settings.synth_steps, "timeout_s": 900}, "analysis": {"n_permutations": 500}})
