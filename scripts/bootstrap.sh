@@ -6,7 +6,7 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
-apt_pkgs=(xvfb xauth mosquitto libgl1-mesa-dri libglu1-mesa libglib2.0-0 libgtk-3-0 libasound2 libxxf86vm1 libsdl2-2.0-0)
+apt_pkgs=(xvfb xauth mosquitto libgl1-mesa-dri libglu1-mesa libglib2.0-0 libgtk-3-0 libasound2 libxxf86vm1 libsdl2-2.0-0 chromium chromium-driver)
 missing=()
 for p in "${apt_pkgs[@]}"; do dpkg -s "$p" >/dev/null 2>&1 || missing+=("$p"); done
 if [ ${#missing[@]} -gt 0 ]; then
