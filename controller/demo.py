@@ -40,12 +40,19 @@ from controller.config import (
     RunConfig,
     VirtualRigConfig,
 )
-from controller.modellink import model_session, natural_key
-from controller.store import SessionReader
+from controller.demo_scoring import (
+    PAPER,
+    adversarial_truth,
+    fit_alone,
+    heldout_r2er,
+    maximize_truth,
+    score_session,
+    smooth_truth,
+)
+from controller.modellink import model_session
 from protocols.library.maximize import MaximizeProtocol
+from protocols.library.paired import AdversarialProtocol, SmoothProtocol
 from protocols.library.sysid import SysidProtocol
-from wire.documents import BlockDoc, ResponseDoc, StepDoc
-from wire.model import Predict, Prediction
 
 REPO = Path(__file__).resolve().parents[1]
 DEFAULT_DATA = REPO.parent / "shared" / "data" / "v4"
@@ -88,10 +95,14 @@ class DemoSettings:
 
 @dataclass
 class Summary:
+    """What ``OUT/summary.json`` holds (the report renders it)."""
+
     ground_truth: str
     device: str
     settings: dict[str, Any]
+    neurons: str = ""
     sessions: list[dict[str, Any]] = field(default_factory=list)
+    learning: dict[str, list[float | None]] = field(default_factory=dict)
     causal: dict[str, Any] = field(default_factory=dict)
     seconds: float = 0.0
 
@@ -115,13 +126,14 @@ def has_v4(data: Path | None) -> bool:
     return data is not None and (data / "compact_models").is_dir() and (data / "images").is_dir()
 
 
-def demo_config(out: Path, settings: DemoSettings, data: Path | None, ground_truth: str | None = None) -> RunConfig:
+def demo_config(out: Path, settings: DemoSettings, data: Path | None, ground_truth: str | None = None,
+                neurons: list[int] | None = None) -> RunConfig:
     """The demo's rig configuration (what ``cortexloop run --config`` would read from a file)."""
     v4 = data if has_v4(data) else None
     images = (ImagesConfig(v4_dir=v4, holdout=settings.eval_images) if v4 is not None else
               ImagesConfig(synthetic=1300, holdout=settings.eval_images))
     # 100 ms images (6 frames at 60 Hz) on a 2 spikes/s baseline: the driven response fills the counting window
-    rig = (VirtualRigConfig(data=v4, session=ground_truth, neurons=settings.neurons, device=settings.device,
+    rig = (VirtualRigConfig(data=v4, session=ground_truth, neurons=neurons or settings.neurons, device=settings.device,
                             baseline=2.0)
            if v4 is not None else VirtualRigConfig(n_units=settings.neurons * 2, seed=1, baseline=2.0))
     model = ModelConfig(device=settings.device, members=settings.members, max_epochs=settings.epochs_session,
@@ -142,11 +154,12 @@ def write_rig_file(cfg: RunConfig, path: Path) -> Path:
     return path
 
 
-def sysid_protocol(k: int, settings: DemoSettings) -> SysidProtocol:
+def sysid_protocol(k: int, settings: DemoSettings, strategy: str = "ensemble_variance") -> SysidProtocol:
     return SysidProtocol.model_validate({
         "protocol": "sysid", "seed": k + 1, "n_blocks": settings.blocks, "normal": settings.normal,
         "gaudy": settings.gaudy, "timing": {"on_frames": 6, "off_frames": 4}, "retrain": "both",
-        "active": {"n_images": settings.active, "start_block": 0 if k else 1, "timeout_s": 300},
+        "active": {"n_images": settings.active, "start_block": 0 if k else 1, "timeout_s": 300,
+                   "strategy": strategy},
         "heldout": {"block_id": "heldout", "n_images": settings.heldout_images,
                     "repeats": settings.heldout_repeats, "seed": 7},
         "prefetch": False})
@@ -160,139 +173,131 @@ def maximize_protocol(settings: DemoSettings) -> MaximizeProtocol:
         "synth": {"steps": settings.synth_steps, "timeout_s": 900}, "analysis": {"n_permutations": 500}})
 
 
-async def score_session(s: Session, session: str, images: np.ndarray, truth: np.ndarray) -> dict[str, Any]:
-    """Median Pearson r between the model's predictions for ``session`` and the ground-truth rates."""
-    async with s.model_client() as client:
-        pred = await client.request(Predict(session=session, images=images), Prediction)
-    resp = np.asarray(pred.responses)  # (neurons, images)
-    rs = [float(np.corrcoef(resp[j], truth[:, j])[0, 1]) for j in range(min(len(resp), truth.shape[1]))
-          if np.std(resp[j]) > 0 and np.std(truth[:, j]) > 0]
-    return {"model_version": pred.version, "median_r": float(np.median(rs)) if rs else float("nan"),
-            "r_per_neuron": [round(r, 4) for r in rs]}
+def adversarial_protocol(settings: DemoSettings) -> AdversarialProtocol:
+    return AdversarialProtocol.model_validate({
+        "protocol": "adversarial", "seed": 98, "timing": {"on_frames": 6, "off_frames": 4},
+        "heldout": {"n_images": 40, "repeats": 3}, "match": {"min_score": 0.3},
+        "n_per_neuron": settings.max_per_neuron, "repeats": settings.max_repeats, "epsilon": 2.0, "steps": 50,
+        "analysis": {"n_permutations": 500}})
 
 
-def heldout_trials(path: Path, block: str = "heldout") -> tuple[list[str], np.ndarray, list[np.ndarray]]:
-    """(image ids, raw counts (neurons, images, repeats; NaN-padded), pixels) of a repeated block."""
-    with SessionReader(path) as reader:
-        docs = list(reader.documents())
-        images = reader.images()
-    bdoc = next((d for d in docs if isinstance(d, BlockDoc) and d.block_id == block), None)
-    if bdoc is None:
-        return [], np.zeros((0, 0, 0)), []
-    image_of = {tid: img for tid, img, _ in bdoc.params["trials"]}
-    resp = [d for d in docs if isinstance(d, ResponseDoc) and d.trial_id.removesuffix(".again") in image_of]
-    ids = list(dict.fromkeys(image_of.values()))
-    col = {i: n for n, i in enumerate(ids)}
-    per: dict[str, list[tuple[list[str], np.ndarray]]] = {}
-    for d in resp:
-        per.setdefault(image_of[d.trial_id.removesuffix(".again")], []).append((d.units, np.asarray(d.counts, float)))
-    # a trial lists the units the rig had seen by then: rows by unit name, in the model's order
-    units = sorted({u for d in resp for u in d.units}, key=natural_key)
-    row = {u: k for k, u in enumerate(units)}
-    raw = np.full((len(units), len(ids), max((len(v) for v in per.values()), default=0)), np.nan)
-    for img, reps in per.items():
-        for r, (names, c) in enumerate(reps):
-            raw[[row[u] for u in names], col[img], r] = c
-    return ids, raw, [images[i] for i in ids]
+def smooth_protocol(settings: DemoSettings) -> SmoothProtocol:
+    return SmoothProtocol.model_validate({
+        "protocol": "smooth", "seed": 97, "timing": {"on_frames": 6, "off_frames": 4},
+        "heldout": {"n_images": 40, "repeats": 3}, "match": {"min_score": 0.3},
+        "n_per_neuron": settings.max_per_neuron, "repeats": settings.max_repeats, "sigma": 2.0,
+        "analysis": {"n_permutations": 500}})
 
 
-async def heldout_r2er(s: Session, session: str, path: Path) -> dict[str, Any]:
-    """Noise-corrected R2 (Pospisil & Bair's r2_ER) of the model on the session's repeated held-out
-    block, against the recorded repeats (the block was never trained on)."""
-    from modelserver.metrics import r2_er
-
-    ids, raw, pix = heldout_trials(path)
-    if not ids or raw.shape[2] < 2:
-        return {}
-    async with s.model_client() as client:
-        pred = await client.request(Predict(session=session, images=np.stack(pix)), Prediction)
-    r2 = r2_er(np.asarray(pred.responses)[:raw.shape[0]], raw)
-    ok = r2[np.isfinite(r2)]
-    return {"r2_er_median": float(np.median(ok)) if ok.size else None,
-            "r2_er_per_neuron": [None if not np.isfinite(v) else round(float(v), 4) for v in r2],
-            "heldout_images": len(ids), "heldout_repeats": int(raw.shape[2])}
+def _spec(neurons: list[int]) -> str:
+    """``[8, 9, ..., 15]`` -> ``"8-15"``; other lists comma-separated."""
+    if neurons == list(range(neurons[0], neurons[0] + len(neurons))) and len(neurons) > 1:
+        return f"{neurons[0]}-{neurons[-1]}"
+    return ",".join(map(str, neurons))
 
 
-async def causal_truth(path: Path, session: Session) -> dict[str, Any]:
-    """Percent change of the ground-truth rate: each neuron's own maximizing images vs random normal."""
-    assert session.rig is not None
-    with SessionReader(path) as reader:
-        docs = list(reader.documents())
-        images = reader.images()
-    block = next((d for d in docs if isinstance(d, BlockDoc) and d.block_id == "maximize"), None)
-    if block is None:
-        return {"error": "the maximize block was not shown (no neuron matched)"}
-    by_cond: dict[str, list[str]] = {}
-    for _, image, cond in block.params["trials"]:
-        by_cond.setdefault(cond, [])
-        if image not in by_cond[cond]:
-            by_cond[cond].append(image)
-    base_ids = by_cond.get("random_normal", [])
-    base = (await session.rig.rates(np.stack([images[i] for i in base_ids]))).mean(0)
-    out: dict[str, Any] = {}
-    for kind in ("max_normal", "max_synth"):
-        per_neuron = {}
-        for cond, ids in by_cond.items():
-            if cond.startswith(kind + "/neuron="):
-                j = int(cond.split("=", 1)[1])
-                rate = (await session.rig.rates(np.stack([images[i] for i in ids])))[:, j].mean()
-                per_neuron[j] = float(100 * (rate - base[j]) / base[j])
-        out[kind] = {"mean_percent_change": float(np.mean(list(per_neuron.values()))) if per_neuron else None,
-                     "per_neuron": per_neuron}
-    analysis = next((d for d in docs if isinstance(d, StepDoc) and d.step["kind"] == "analyse"), None)
-    if analysis is not None:
-        out["recorded"] = {c["condition"]: {"median_percent_change": c["median_percent_change"],
-                                            "n_significant": c["n_significant"], "neurons": len(c["neurons"])}
-                           for c in analysis.result["comparisons"]}
+def parse_neurons(spec: str) -> list[int]:
+    """``"8-15"`` or ``"0,3,5-8"`` -> neuron indices (of the ground-truth session's compact models)."""
+    out: list[int] = []
+    for part in filter(None, (p.strip() for p in spec.split(","))):
+        lo, _, hi = part.partition("-")
+        if not lo.isdigit() or (hi and not hi.isdigit()):
+            raise ValueError(f"--neurons: {part!r} is not N or N-M")
+        out.extend(range(int(lo), int(hi or lo) + 1))
+    if not out or len(set(out)) != len(out):
+        raise ValueError(f"--neurons {spec!r}: give distinct indices, e.g. 8-15 or 0,3,5-8")
     return out
 
 
 async def run_demo(data: Path | None, out: Path, *, sessions: int | None = None, device: str = "auto",
-                   ground_truth: str | None = None, console: Console | None = None,
-                   settings: DemoSettings | None = None) -> Summary:
+                   ground_truth: str | None = None, neurons: list[int] | None = None,
+                   console: Console | None = None, settings: DemoSettings | None = None,
+                   compare: bool = True) -> Summary:
+    """The demo: sysid sessions (and, with ``compare``, the same sessions with random picks in place of
+    the active ones, and each session's model without the shared core), then the causal battery."""
     console = console or Console()
     t0 = time.monotonic()
     settings = settings or DemoSettings.for_device(detect_device(device), sessions)
     if data is not None and not has_v4(data):
         console.print(f"[yellow]no V4 data at {data}; using the synthetic population and images[/yellow]")
         data = None
-    cfg = demo_config(out, settings, data, ground_truth)
+    cfg = demo_config(out, settings, data, ground_truth, neurons)
     rig_file = write_rig_file(cfg, out / "demo-rig.yaml")
-    summary = Summary(ground_truth="", device=settings.device, settings=asdict(settings))
-    truth_held: np.ndarray | None = None
-    for k in range(settings.sessions):
-        sid = f"demo-{k + 1}-sysid"
-        async with assemble(cfg.model_copy(update={"session_id": sid}), sysid_protocol(k, settings)) as s:
-            assert s.rig is not None and s.model_endpoints is not None
-            if truth_held is None:
-                status = await s.rig.status()
-                summary.ground_truth = status.description
-                console.print(f"[bold]cortexloop demo[/bold]: {status.description}; {len(s.images)} images "
-                              f"({s.images.name}); device {settings.device}; output in {out}")
-                truth_held = await s.rig.rates(s.heldback)
+    summary = Summary(ground_truth="", device=settings.device, settings=asdict(settings),
+                      neurons=_spec(neurons) if neurons else f"0-{settings.neurons - 1}")
+    chain = _Chain(settings, console)
+    await chain.sysid(cfg, summary, "ensemble_variance")
+    if compare:  # the same sessions, random pool images in place of the active picks (own modelserver)
+        twin = cfg.model_copy(update={"model": cfg.model.model_copy(update={"data_dir": out / "modelserver-random"})})
+        await chain.sysid(twin, summary, "random")
+    summary.learning = {"shared_core": [s.get("median_r") for s in summary.sessions],
+                        "no_shared_core": [s.get("no_shared_core", {}).get("median_r") for s in summary.sessions]}
+    for sid, proto, score in (("demo-maximize", maximize_protocol(settings), maximize_truth),
+                              ("demo-adversarial", adversarial_protocol(settings), adversarial_truth),
+                              ("demo-smooth", smooth_protocol(settings), smooth_truth)):
+        async with assemble(cfg.model_copy(update={"session_id": sid}), proto) as s:
+            assert s.rig is not None
             stop = await run_session(s, console)
-            score = await score_session(s, model_session(sid), s.heldback, truth_held)
-            score.update(await heldout_r2er(s, model_session(sid), s.path))
-        summary.sessions.append({"session": sid, "file": str(s.path), "exit": stop.exit_status,
-                                 "trials": stop.n_trials, **score})
-        r2 = score.get("r2_er_median")
-        console.print(f"session {k + 1}: {stop.n_trials} trials; held-out median r vs ground truth "
-                      f"{score['median_r']:.3f}" + ("" if r2 is None else f"; r2_ER {r2:.3f}"))
-    sid = "demo-maximize"
-    async with assemble(cfg.model_copy(update={"session_id": sid}), maximize_protocol(settings)) as s:
-        stop = await run_session(s, console)
-        summary.causal = {"session": sid, "file": str(s.path), "exit": stop.exit_status,
-                          **await causal_truth(s.path, s)}
+            for key, entry in (await score(s.path, s.rig)).items():
+                summary.causal[key] = ({"session": sid, "file": str(s.path), "exit": stop.exit_status, **entry}
+                                       if isinstance(entry, dict) else {"session": sid, key: entry})
     summary.seconds = time.monotonic() - t0
     (out / "summary.json").write_text(json.dumps(asdict(summary), indent=2))
     from controller.report import write_report
 
-    files = [Path(s["file"]) for s in summary.sessions] + ([Path(summary.causal["file"])] if summary.causal else [])
+    files = list(dict.fromkeys([Path(s["file"]) for s in summary.sessions]
+                               + [Path(c["file"]) for c in summary.causal.values() if "file" in c]))
     page = write_report(files, out / "report", out / "summary.json")
     print_summary(summary, console)
     console.print(f"report: {page}")
     console.print(f"rig file: {rig_file} (the same sessions: cortexloop run PROTOCOL --config {rig_file})")
     return summary
+
+
+class _Chain:
+    """Runs a chain of sysid sessions on one modelserver data folder, scoring each on the ground truth."""
+
+    def __init__(self, settings: DemoSettings, console: Console) -> None:
+        self.settings, self.console = settings, console
+        self.truth_held: np.ndarray | None = None
+
+    async def sysid(self, cfg: RunConfig, summary: Summary, strategy: str) -> None:
+        settings, console = self.settings, self.console
+        for k in range(settings.sessions):
+            sid = f"demo-{k + 1}-sysid" + ("" if strategy != "random" else "-random")
+            async with assemble(cfg.model_copy(update={"session_id": sid}),
+                                sysid_protocol(k, settings, strategy)) as s:
+                assert s.rig is not None and s.model_endpoints is not None
+                if self.truth_held is None:
+                    status = await s.rig.status()
+                    summary.ground_truth = status.description
+                    console.print(f"[bold]cortexloop demo[/bold]: {status.description}; {len(s.images)} images "
+                                  f"({s.images.name}); device {settings.device}; output in {cfg.out_dir}")
+                    self.truth_held = await s.rig.rates(s.heldback)
+                stop = await run_session(s, console)
+                score = await score_session(s, model_session(sid), s.heldback, self.truth_held)
+                if strategy == "random":
+                    summary.sessions[k]["random_policy"] = {"session": sid, "file": str(s.path), **score}
+                    console.print(f"session {k + 1} with random picks: held-out median r {score['median_r']:.3f}")
+                    continue
+                score.update(await heldout_r2er(s, model_session(sid), s.path))
+                score["no_shared_core"] = await self._alone(s, sid)
+            summary.sessions.append({"session": sid, "file": str(s.path), "exit": stop.exit_status,
+                                     "trials": stop.n_trials, **score})
+            r2 = score.get("r2_er_median")
+            console.print(f"session {k + 1}: {stop.n_trials} trials; held-out median r vs ground truth "
+                          f"{score['median_r']:.3f} (without the shared core "
+                          f"{score['no_shared_core']['median_r']:.3f})" + ("" if r2 is None else f"; r2_ER {r2:.3f}"))
+
+    async def _alone(self, s: Session, sid: str) -> dict[str, Any]:
+        """The session's data alone, a fresh ensemble, the same epochs the chain's model got in it."""
+        st = self.settings
+        epochs = st.epochs_session + st.blocks * st.epochs_block
+        assert self.truth_held is not None
+        async with s.model_client(timeout=600.0) as client:
+            version = await fit_alone(client, model_session(sid), epochs)
+        score = await score_session(s, model_session(sid), s.heldback, self.truth_held, version=version)
+        return {"median_r": score["median_r"], "model_version": version, "epochs": epochs}
 
 
 async def run_session(session: Session, console: Console) -> Any:
@@ -304,28 +309,41 @@ async def run_session(session: Session, console: Console) -> Any:
         return await session.run()
 
 
+_LABELS = {"max_normal": "maximizing natural images vs random natural",
+           "max_synth": "maximizing synthesized images vs random natural",
+           "adv_plus": "adversarial+ vs their base images", "adv_minus": "adversarial- vs their base images",
+           "smooth_minus": "smooth- vs their base images", "smooth_random": "randomly smoothed (control) vs base"}
+
+
 def print_summary(summary: Summary, console: Console) -> None:
-    table = Table(title=f"cortexloop demo ({summary.ground_truth}; {summary.device}; {summary.seconds:.0f} s)")
+    table = Table(title=f"cortexloop demo ({summary.ground_truth}; neurons {summary.neurons}; {summary.device}; "
+                        f"{summary.seconds:.0f} s)")
     table.add_column("figure")
     table.add_column("value", justify="right")
     for s in summary.sessions:
-        table.add_row(f"{s['session']}: held-out median r vs ground truth", f"{s['median_r']:.3f}")
+        alone = s.get("no_shared_core", {}).get("median_r")
+        rnd = s.get("random_policy", {}).get("median_r")
+        table.add_row(f"{s['session']}: held-out median r vs ground truth (without shared core; random picks)",
+                      f"{s['median_r']:.3f} ({_f(alone)}; {_f(rnd)})")
         if s.get("r2_er_median") is not None:
-            table.add_row(f"{s['session']}: median noise-corrected R2 (r2_ER) on its {s['heldout_images']} "
-                          f"held-out images x {s['heldout_repeats']} repeats", f"{s['r2_er_median']:.3f}")
-    c = summary.causal
-    for kind, paper in (("max_normal", "+137%"), ("max_synth", "+153%")):
-        v = c.get(kind, {}).get("mean_percent_change") if isinstance(c.get(kind), dict) else None
-        table.add_row(f"{kind}: mean % change of ground-truth rate vs random normal (paper, real V4: {paper})",
-                      "n/a" if v is None else f"{v:+.0f}%")
-        rec = c.get("recorded", {}).get(kind)
-        if rec and rec["median_percent_change"] is not None:
-            table.add_row(f"{kind}: median recorded %dr ({rec['n_significant']}/{rec['neurons']} neurons p<0.05)",
-                          f"{rec['median_percent_change']:+.0f}%")
+            table.add_row(f"{s['session']}: median r2_ER on its {s['heldout_images']} held-out images x "
+                          f"{s['heldout_repeats']} repeats", f"{s['r2_er_median']:.3f}")
+    for key, label in _LABELS.items():
+        c = summary.causal.get(key, {})
+        v = c.get("mean_percent_change")
+        frac = c.get("fraction_in_direction")
+        paper = f"; paper {PAPER[key]:+.0f}%" if key in PAPER else ""
+        table.add_row(f"{label}: mean % change of the ground-truth rate{paper}",
+                      "n/a" if v is None else f"{v:+.0f}%" + ("" if frac is None else f" ({frac:.0%} of neurons)"))
     console.print(table)
 
 
+def _f(v: float | None) -> str:
+    return "n/a" if v is None else f"{v:.3f}"
+
+
 def main(data: Path | None, out: Path, sessions: int | None, device: str,
-         ground_truth: str | None = None) -> Summary:
+         ground_truth: str | None = None, neurons: list[int] | None = None, compare: bool = True) -> Summary:
     out.mkdir(parents=True, exist_ok=True)
-    return asyncio.run(run_demo(data, out, sessions=sessions, device=device, ground_truth=ground_truth))
+    return asyncio.run(run_demo(data, out, sessions=sessions, device=device, ground_truth=ground_truth,
+                                neurons=neurons, compare=compare))

@@ -8,9 +8,9 @@ skips a missing prerequisite silently. Check prerequisites with :func:`require`.
 from __future__ import annotations
 
 import os
+import select
 import shutil
 import subprocess
-import time
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -64,18 +64,18 @@ def xdisplay() -> Iterator[str]:
     xvfb = shutil.which("Xvfb")
     require(xvfb is not None, "no DISPLAY and no Xvfb (apt-get install xvfb); scripts/bootstrap.sh installs it")
     assert xvfb is not None
-    for num in range(90, 140):
-        if not Path(f"/tmp/.X{num}-lock").exists():
-            break
-    display = f":{num}"
-    proc = subprocess.Popen([xvfb, display, "-screen", "0", "1280x1024x24", "-nolisten", "tcp"],
-                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-    deadline = time.monotonic() + 10
-    while not Path(f"/tmp/.X11-unix/X{num}").exists():
-        if proc.poll() is not None or time.monotonic() > deadline:
-            proc.kill()
-            pytest.fail(f"Xvfb {display} did not start")
-        time.sleep(0.05)
+    # -displayfd: Xvfb picks a free display itself and writes its number (no race between workers)
+    read_fd, write_fd = os.pipe()
+    proc = subprocess.Popen([xvfb, "-displayfd", str(write_fd), "-screen", "0", "1280x1024x24", "-nolisten", "tcp"],
+                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, pass_fds=(write_fd,))
+    os.close(write_fd)
+    ready, _, _ = select.select([read_fd], [], [], 15.0)
+    with os.fdopen(read_fd) as pipe:  # EOF (empty) if Xvfb exits without a display
+        number = pipe.readline().strip() if ready else ""
+    if not number.isdigit():
+        proc.kill()
+        pytest.fail("Xvfb did not start")
+    display = f":{number}"
     os.environ["DISPLAY"] = display
     try:
         yield display
