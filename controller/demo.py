@@ -28,10 +28,11 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+import yaml
 from rich.console import Console
 from rich.table import Table
 
-from controller.assembly import Session, assemble
+from controller.assembly import Session
 from controller.config import (
     AcquisitionConfig,
     BusConfig,
@@ -50,12 +51,18 @@ from controller.demo_scoring import (
     smooth_truth,
 )
 from controller.modellink import model_session
-from protocols.library.maximize import MaximizeProtocol
-from protocols.library.paired import AdversarialProtocol, SmoothProtocol
+from controller.progress import SessionProgress
+from controller.schedule import run_schedule, state_path
+from protocols.library.schedule import ScheduleProtocol
 from protocols.library.sysid import SysidProtocol
+from protocols.loader import validate_protocol
+from wire.documents import StopDoc
+from wire.errors import StoreError
 
 REPO = Path(__file__).resolve().parents[1]
 DEFAULT_DATA = REPO.parent / "shared" / "data" / "v4"
+#: the demo's day: a schedule file any rig can run (``cortexloop run demo_day.yaml --config RIG``)
+DEMO_DAY = REPO / "protocols" / "examples" / "demo_day.yaml"
 
 
 @dataclass
@@ -101,6 +108,7 @@ class Summary:
     device: str
     settings: dict[str, Any]
     neurons: str = ""
+    schedule: dict[str, str] = field(default_factory=dict)
     sessions: list[dict[str, Any]] = field(default_factory=list)
     learning: dict[str, list[float | None]] = field(default_factory=dict)
     causal: dict[str, Any] = field(default_factory=dict)
@@ -154,41 +162,6 @@ def write_rig_file(cfg: RunConfig, path: Path) -> Path:
     return path
 
 
-def sysid_protocol(k: int, settings: DemoSettings, strategy: str = "ensemble_variance") -> SysidProtocol:
-    return SysidProtocol.model_validate({
-        "protocol": "sysid", "seed": k + 1, "n_blocks": settings.blocks, "normal": settings.normal,
-        "gaudy": settings.gaudy, "timing": {"on_frames": 6, "off_frames": 4}, "retrain": "both",
-        "active": {"n_images": settings.active, "start_block": 0 if k else 1, "timeout_s": 300,
-                   "strategy": strategy},
-        "heldout": {"block_id": "heldout", "n_images": settings.heldout_images,
-                    "repeats": settings.heldout_repeats, "seed": 7},
-        "prefetch": False})
-
-
-def maximize_protocol(settings: DemoSettings) -> MaximizeProtocol:
-    return MaximizeProtocol.model_validate({
-        "protocol": "maximize", "seed": 99, "timing": {"on_frames": 6, "off_frames": 4},
-        "heldout": {"n_images": 40, "repeats": 3}, "match": {"min_score": 0.3},
-        "n_per_neuron": settings.max_per_neuron, "n_random": settings.max_random, "repeats": settings.max_repeats,
-        "synth": {"steps": settings.synth_steps, "timeout_s": 900}, "analysis": {"n_permutations": 500}})
-
-
-def adversarial_protocol(settings: DemoSettings) -> AdversarialProtocol:
-    return AdversarialProtocol.model_validate({
-        "protocol": "adversarial", "seed": 98, "timing": {"on_frames": 6, "off_frames": 4},
-        "heldout": {"n_images": 40, "repeats": 3}, "match": {"min_score": 0.3},
-        "n_per_neuron": settings.max_per_neuron, "repeats": settings.max_repeats, "epsilon": 2.0, "steps": 50,
-        "analysis": {"n_permutations": 500}})
-
-
-def smooth_protocol(settings: DemoSettings) -> SmoothProtocol:
-    return SmoothProtocol.model_validate({
-        "protocol": "smooth", "seed": 97, "timing": {"on_frames": 6, "off_frames": 4},
-        "heldout": {"n_images": 40, "repeats": 3}, "match": {"min_score": 0.3},
-        "n_per_neuron": settings.max_per_neuron, "repeats": settings.max_repeats, "sigma": 2.0,
-        "analysis": {"n_permutations": 500}})
-
-
 def _spec(neurons: list[int]) -> str:
     """``[8, 9, ..., 15]`` -> ``"8-15"``; other lists comma-separated."""
     if neurons == list(range(neurons[0], neurons[0] + len(neurons))) and len(neurons) > 1:
@@ -225,22 +198,20 @@ async def run_demo(data: Path | None, out: Path, *, sessions: int | None = None,
     rig_file = write_rig_file(cfg, out / "demo-rig.yaml")
     summary = Summary(ground_truth="", device=settings.device, settings=asdict(settings),
                       neurons=_spec(neurons) if neurons else f"0-{settings.neurons - 1}")
-    chain = _Chain(settings, console)
-    await chain.sysid(cfg, summary, "ensemble_variance")
-    if compare:  # the same sessions, random pool images in place of the active picks (own modelserver)
-        twin = cfg.model_copy(update={"model": cfg.model.model_copy(update={"data_dir": out / "modelserver-random"})})
-        await chain.sysid(twin, summary, "random")
+    if state_path(out, "demo").exists():
+        raise StoreError(f"{out} already holds a demo run ({state_path(out, 'demo')}): choose another --out")
+    scorer = _Scorer(settings, console, summary)
+    with SessionProgress(console) as progress:
+        day = await run_schedule(demo_schedule(settings), cfg.model_copy(update={"session_id": "demo"}),
+                                 after_session=scorer.after, on_status=progress.update)
+        if compare:  # the same sysid sessions, random pool images in place of the active picks (own modelserver)
+            twin = cfg.model_copy(update={"session_id": "demo-random", "model": cfg.model.model_copy(
+                update={"data_dir": out / "modelserver-random"})})
+            await run_schedule(demo_schedule(settings, strategy="random", causal=False), twin,
+                               after_session=scorer.after, on_status=progress.update)
+    summary.schedule = {"status": day.status, "reason": day.reason}
     summary.learning = {"shared_core": [s.get("median_r") for s in summary.sessions],
                         "no_shared_core": [s.get("no_shared_core", {}).get("median_r") for s in summary.sessions]}
-    for sid, proto, score in (("demo-maximize", maximize_protocol(settings), maximize_truth),
-                              ("demo-adversarial", adversarial_protocol(settings), adversarial_truth),
-                              ("demo-smooth", smooth_protocol(settings), smooth_truth)):
-        async with assemble(cfg.model_copy(update={"session_id": sid}), proto) as s:
-            assert s.rig is not None
-            stop = await run_session(s, console)
-            for key, entry in (await score(s.path, s.rig)).items():
-                summary.causal[key] = ({"session": sid, "file": str(s.path), "exit": stop.exit_status, **entry}
-                                       if isinstance(entry, dict) else {"session": sid, key: entry})
     summary.seconds = time.monotonic() - t0
     (out / "summary.json").write_text(json.dumps(asdict(summary), indent=2))
     from controller.report import write_report
@@ -250,44 +221,77 @@ async def run_demo(data: Path | None, out: Path, *, sessions: int | None = None,
     page = write_report(files, out / "report", out / "summary.json")
     print_summary(summary, console)
     console.print(f"report: {page}")
-    console.print(f"rig file: {rig_file} (the same sessions: cortexloop run PROTOCOL --config {rig_file})")
+    console.print(f"rig file: {rig_file} (the same day on it: cortexloop run {DEMO_DAY.relative_to(REPO)} "
+                  f"--config {rig_file})")
     return summary
 
 
-class _Chain:
-    """Runs a chain of sysid sessions on one modelserver data folder, scoring each on the ground truth."""
+def demo_schedule(settings: DemoSettings, *, strategy: str = "ensemble_variance",
+                  causal: bool = True) -> ScheduleProtocol:
+    """``protocols/examples/demo_day.yaml`` with the sizes of ``settings`` as each stage's ``set``."""
+    data = yaml.safe_load(DEMO_DAY.read_text())
+    stages = {s["name"]: s for s in data["stages"]}
+    st = settings
+    stages["sysid"]["sessions"] = st.sessions
+    stages["sysid"]["set"] = {
+        "n_blocks": st.blocks, "normal": st.normal, "gaudy": st.gaudy,
+        "active": {"n_images": st.active, "strategy": strategy},
+        "heldout": {"n_images": st.heldout_images, "repeats": st.heldout_repeats}}
+    for name in ("maximize", "adversarial", "smooth"):
+        stages[name]["set"] = {"n_per_neuron": st.max_per_neuron, "repeats": st.max_repeats}
+    stages["maximize"]["set"].update({"n_random": st.max_random, "synth": {"steps": st.synth_steps}})
+    if not causal:
+        data["stages"] = [stages["sysid"]]
+    proto = validate_protocol(data, source=str(DEMO_DAY))
+    assert isinstance(proto, ScheduleProtocol)
+    return proto
 
-    def __init__(self, settings: DemoSettings, console: Console) -> None:
-        self.settings, self.console = settings, console
+
+class _Scorer:
+    """Scores each session of the demo's schedules on the ground truth while its parts are up."""
+
+    def __init__(self, settings: DemoSettings, console: Console, summary: Summary) -> None:
+        self.settings, self.console, self.summary = settings, console, summary
         self.truth_held: np.ndarray | None = None
+        self.random_k = 0
 
-    async def sysid(self, cfg: RunConfig, summary: Summary, strategy: str) -> None:
-        settings, console = self.settings, self.console
-        for k in range(settings.sessions):
-            sid = f"demo-{k + 1}-sysid" + ("" if strategy != "random" else "-random")
-            async with assemble(cfg.model_copy(update={"session_id": sid}),
-                                sysid_protocol(k, settings, strategy)) as s:
-                assert s.rig is not None and s.model_endpoints is not None
-                if self.truth_held is None:
-                    status = await s.rig.status()
-                    summary.ground_truth = status.description
-                    console.print(f"[bold]cortexloop demo[/bold]: {status.description}; {len(s.images)} images "
-                                  f"({s.images.name}); device {settings.device}; output in {cfg.out_dir}")
-                    self.truth_held = await s.rig.rates(s.heldback)
-                stop = await run_session(s, console)
-                score = await score_session(s, model_session(sid), s.heldback, self.truth_held)
-                if strategy == "random":
-                    summary.sessions[k]["random_policy"] = {"session": sid, "file": str(s.path), **score}
-                    console.print(f"session {k + 1} with random picks: held-out median r {score['median_r']:.3f}")
-                    continue
-                score.update(await heldout_r2er(s, model_session(sid), s.path))
-                score["no_shared_core"] = await self._alone(s, sid)
-            summary.sessions.append({"session": sid, "file": str(s.path), "exit": stop.exit_status,
-                                     "trials": stop.n_trials, **score})
-            r2 = score.get("r2_er_median")
-            console.print(f"session {k + 1}: {stop.n_trials} trials; held-out median r vs ground truth "
-                          f"{score['median_r']:.3f} (without the shared core "
-                          f"{score['no_shared_core']['median_r']:.3f})" + ("" if r2 is None else f"; r2_ER {r2:.3f}"))
+    async def after(self, s: Session, stop: StopDoc) -> dict[str, Any]:
+        assert s.rig is not None
+        sid, kind = s.config.session_id or "", s.protocol.protocol
+        if self.truth_held is None:
+            status = await s.rig.status()
+            self.summary.ground_truth = status.description
+            self.console.print(f"[bold]cortexloop demo[/bold]: {status.description}; {len(s.images)} images "
+                               f"({s.images.name}); device {self.settings.device}; output in {s.config.out_dir}")
+            self.truth_held = await s.rig.rates(s.heldback)
+        if kind == "sysid":
+            return await self.sysid(s, sid, stop)
+        score = {"maximize": maximize_truth, "adversarial": adversarial_truth, "smooth": smooth_truth}[kind]
+        entries = await score(s.path, s.rig)
+        for key, entry in entries.items():
+            self.summary.causal[key] = ({"session": sid, "file": str(s.path), "exit": stop.exit_status, **entry}
+                                        if isinstance(entry, dict) else {"session": sid, key: entry})
+        return {"causal": sorted(entries)}
+
+    async def sysid(self, s: Session, sid: str, stop: StopDoc) -> dict[str, Any]:
+        assert self.truth_held is not None
+        score = await score_session(s, model_session(sid), s.heldback, self.truth_held)
+        active = s.protocol.active if isinstance(s.protocol, SysidProtocol) else None
+        if active is not None and active.strategy == "random":
+            k, self.random_k = self.random_k, self.random_k + 1
+            if k < len(self.summary.sessions):  # the twin of the k-th session of the day
+                self.summary.sessions[k]["random_policy"] = {"session": sid, "file": str(s.path), **score}
+            self.console.print(f"{sid} (random picks): held-out median r {score['median_r']:.3f}")
+            return {"median_r": score["median_r"]}
+        score.update(await heldout_r2er(s, model_session(sid), s.path))
+        score["no_shared_core"] = await self._alone(s, sid)
+        self.summary.sessions.append({"session": sid, "file": str(s.path), "exit": stop.exit_status,
+                                      "trials": stop.n_trials, **score})
+        r2 = score.get("r2_er_median")
+        self.console.print(f"{sid}: {stop.n_trials} trials; held-out median r vs ground truth "
+                           f"{score['median_r']:.3f} (without the shared core "
+                           f"{score['no_shared_core']['median_r']:.3f})" + ("" if r2 is None else f"; r2_ER {r2:.3f}"))
+        return {"median_r": score["median_r"]}
 
     async def _alone(self, s: Session, sid: str) -> dict[str, Any]:
         """The session's data alone, a fresh ensemble, the same epochs the chain's model got in it."""

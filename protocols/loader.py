@@ -23,7 +23,7 @@ from __future__ import annotations
 import copy
 import re
 import tomllib
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Literal
@@ -33,6 +33,7 @@ from pydantic import ValidationError
 
 from protocols.errors import Problem, ProtocolValidationError
 from protocols.library import LIBRARY, PROTOCOL_ADAPTER, ProtocolBase
+from protocols.library.schedule import ScheduleProtocol
 
 Format = Literal["yaml", "toml"]
 
@@ -206,9 +207,10 @@ def parse_protocol(text: str, fmt: Format = "yaml", source: str | None = None,
 
 
 def validate_protocol(data: Any, *, node: yaml.Node | None = None, text: str | None = None,
-                      source: str | None = None, overrides: Sequence[str] = ()) -> ProtocolBase:
+                      source: str | None = None, overrides: Sequence[str | Override] = ()) -> ProtocolBase:
     """Validate already-parsed protocol data with ``overrides`` applied; ``node``/``text``
-    locate problems in the file, problems in overridden values name their override."""
+    locate problems in the file, problems in overridden values name their override. A schedule's
+    stage files are read relative to ``source`` (see :func:`stage_loader`)."""
     if not isinstance(data, dict):
         raise ProtocolValidationError([Problem(
             "", f"a protocol is a mapping with a 'protocol' key, got {type(data).__name__}",
@@ -222,6 +224,8 @@ def validate_protocol(data: Any, *, node: yaml.Node | None = None, text: str | N
         raise ProtocolValidationError([origin.locate(problem, ["protocol"], ("protocol",), node, text)],
                                       source)
     try:
+        if data["protocol"] == "schedule":
+            return ScheduleProtocol.model_validate(data, context={"load_stage": stage_loader(source)})
         return PROTOCOL_ADAPTER.validate_python(data)
     except ValidationError as exc:
         problems = [problem_from_error(err, data, node=node, text=text, source=source, origin=origin)
@@ -245,6 +249,39 @@ def problem_from_error(err: Any, data: Any, *, node: yaml.Node | None = None, te
     if origin is None:
         return _locate(problem, loc, data, node, text, data_path)
     return origin.locate(problem, data_path, loc, node, text)
+
+
+def stage_loader(source: str | None) -> Callable[[Any, list[tuple[str, Any]], str], ProtocolBase]:
+    """Validates a schedule's stage protocol: a file relative to (and inside) the folder of the
+    schedule file ``source``, or an inline mapping; with the stage's ``set`` pairs as overrides."""
+    base = Path(source).resolve().parent if source else None
+
+    def load(raw: Any, pairs: list[tuple[str, Any]], name: str) -> ProtocolBase:
+        overrides = [Override(f"{k}={v} (stage {name!r})", tuple(int(p) if _INDEX.fullmatch(p) else p
+                                                                  for p in k.split(".")), v) for k, v in pairs]
+        if isinstance(raw, str):
+            if base is None:
+                raise ValueError("a stage file is read relative to the schedule file: load the schedule from a file")
+            path = (base / raw).resolve()
+            if not path.is_relative_to(base):
+                raise ValueError(f"stage file {raw!r} is outside the schedule's folder {base}")
+            text = read_text_file(path)
+            fmt: Format = "toml" if path.suffix.lower() == ".toml" else "yaml"
+            node, data = load_yaml(text, str(path)) if fmt == "yaml" else (None, load_toml(text, str(path)))
+            proto = validate_protocol(data, node=node, text=text if fmt == "toml" else None, source=str(path),
+                                      overrides=overrides)
+        else:
+            try:
+                proto = validate_protocol(raw, source=source, overrides=overrides)
+            except ProtocolValidationError as exc:
+                raise ProtocolValidationError([Problem(
+                    f"stages.{name}.protocol" + (f".{p.path}" if p.path else ""), p.message, source=p.source,
+                    override=p.override) for p in exc.problems], source) from exc
+        if isinstance(proto, ScheduleProtocol):
+            raise ValueError("a stage's protocol is a session protocol, not a schedule")
+        return proto
+
+    return load
 
 
 # --- command-line overrides -------------------------------------------------------------------
@@ -302,12 +339,15 @@ def apply_overrides(data: dict[str, Any], overrides: Sequence[str], source: str 
     return _apply(data, _parse_all(overrides, source), source)[0]
 
 
-def _parse_all(overrides: Sequence[str], source: str | None) -> list[Override]:
+def _parse_all(overrides: Sequence[str | Override], source: str | None) -> list[Override]:
     if isinstance(overrides, str):
         raise TypeError("overrides is a sequence of 'KEY=VALUE' strings, not one string")
     problems: list[Problem] = []
     parsed: list[Override] = []
     for text in overrides:
+        if isinstance(text, Override):
+            parsed.append(text)
+            continue
         try:
             parsed.append(parse_override(text, source=source))
         except ProtocolValidationError as exc:

@@ -28,6 +28,7 @@ from pydantic import ValidationError
 from protocols.analysis import TrialData, run_analysis
 from protocols.errors import Problem, ProtocolValidationError
 from protocols.library import ProtocolBase
+from protocols.library.schedule import ScheduleProtocol, ScheduleSimulation, simulate_schedule
 from protocols.loader import load_protocol
 from protocols.plan import drive
 from protocols.steps import (
@@ -174,6 +175,7 @@ class Simulator:
         self.counts: list[np.ndarray] = []
         self.trial_conditions: list[str] = []
         self.trial_blocks: list[str] = []
+        self.trial_images: list[str] = []
         self.ingested: set[str] = set()
         self.model_version = 0
         self.frames = 0
@@ -196,7 +198,8 @@ class Simulator:
 
     def trials(self) -> TrialData:
         counts = np.concatenate(self.counts) if self.counts else np.zeros((0, self.cfg.n_neurons))
-        return TrialData(counts, list(self.trial_conditions), list(self.trial_blocks))
+        return TrialData(counts, list(self.trial_conditions), list(self.trial_blocks),
+                         images=list(self.trial_images))
 
     def problem(self, step: Step, index_path: str, message: str) -> None:
         self.problems.append(Problem(index_path, f"{step.kind}: {message}"))
@@ -303,6 +306,7 @@ class Simulator:
         self.counts.append(self.rng.poisson(rates).astype(np.float64))
         self.trial_conditions += [conds[i] for i in order]
         self.trial_blocks += [step.block_id] * len(order)
+        self.trial_images += [ids[i] for i in order]
         self.frames += len(order) * (step.on_frames + step.off_frames)
         result = BlockResult(block_id=step.block_id, n_trials=len(order), image_ids=ids,
                              conditions=dict(zip(ids, conds, strict=True)), fallbacks=fallbacks)
@@ -412,9 +416,15 @@ def simulate_session(protocols: Sequence[ProtocolBase], config: SimConfig | None
     return [sim.run(p.plan(), p.protocol) for p in protocols]
 
 
-def simulate_file(path: str | Path, *more: str | Path, config: SimConfig | None = None) -> list[SimulationReport]:
-    """Load, validate and simulate protocol files as one session (``cortexloop simulate FILE...``)."""
-    return simulate_session([load_protocol(p) for p in (path, *more)], config)
+def simulate_file(path: str | Path, *more: str | Path,
+                  config: SimConfig | None = None) -> list[SimulationReport | ScheduleSimulation]:
+    """Load, validate and simulate protocol files as one session (``cortexloop simulate FILE...``);
+    a schedule file is simulated stage by stage, each session its own (:func:`simulate_schedule`)."""
+    protocols = [load_protocol(p) for p in (path, *more)]
+    if not any(isinstance(p, ScheduleProtocol) for p in protocols):
+        return list(simulate_session(protocols, config))
+    return [simulate_schedule(p, config) if isinstance(p, ScheduleProtocol) else simulate(p, config)
+            for p in protocols]
 
 
 def main(argv: Sequence[str] | None = None) -> int:

@@ -463,6 +463,17 @@ class Comparison(_Model):
     n_baseline_trials: int = Field(description="baseline trials per neuron (mean over neurons)")
     n_significant: int
     median_percent_change: float | None
+    unit: Literal["image", "trial"] = Field(
+        default="trial", description="what the permutation test and bootstrap resample: images (repeats "
+        "averaged first) or single trials (only when no image ids were given)")
+    n_images: int = Field(default=0, description="test images per neuron (mean over neurons)")
+    n_baseline_images: int = Field(default=0, description="baseline images per neuron (mean over neurons)")
+    ci_low: list[float | None] = Field(default_factory=list, description="bootstrap 95% CI of %dr per neuron")
+    ci_high: list[float | None] = Field(default_factory=list)
+    mean_test: list[float | None] = Field(default_factory=list, description="mean over test images per neuron")
+    mean_baseline: list[float | None] = Field(default_factory=list)
+    mean_test_ci: list[tuple[float | None, float | None]] = Field(default_factory=list)
+    mean_baseline_ci: list[tuple[float | None, float | None]] = Field(default_factory=list)
 
 
 class Tuning(_Model):
@@ -471,6 +482,7 @@ class Tuning(_Model):
     means: list[list[float]] = Field(description="[condition][neuron] mean response")
     p_values: list[float] = Field(description="per neuron: do the condition means differ")
     n_significant: int
+    unit: Literal["image", "trial"] = Field(default="trial", description="what the label shuffles permute")
 
 
 class AnalysisResult(Result):

@@ -66,7 +66,10 @@ def test_a_lab_day_every_example_protocol_under_cortexloop_run(tmp_path: Path) -
     out = tmp_path / "out"
     order = ["sysid.yaml", "maximize.yaml", "adversarial.yaml", "smooth.yaml", "script.yaml", "dots.yaml",
              "dots.toml"]
-    assert set(order) == {f.name for f in EXAMPLES.iterdir() if f.suffix in (".yaml", ".toml")}
+    # lab_day.yaml and demo_day.yaml are schedules of the other files (several sessions, operator pauses):
+    # they run under `cortexloop run` in tests/controller/test_schedule.py and in the demo (test_closed_loop.py)
+    schedules = {"lab_day.yaml", "demo_day.yaml"}
+    assert set(order) == {f.name for f in EXAMPLES.iterdir() if f.suffix in (".yaml", ".toml")} - schedules
     for protocol in order:
         session = protocol.replace(".", "-")
         done = run(protocol, out, rig, session, SHRINK[protocol])

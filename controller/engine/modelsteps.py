@@ -10,6 +10,7 @@ and ``analyse`` steps; the images a generator made are shown by the block that a
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any, Protocol
@@ -176,5 +177,6 @@ class ModelStepsMixin(CountsMixin):
             return MatchResult(matches=[], n_neurons=data.n_neurons)
 
     def _analyse(self, step: Analyse) -> AnalysisResult:
-        data, _ = self.trial_data(step.blocks)
-        return run_analysis(step, data)
+        data, ids = self.trial_data(step.blocks)
+        # image ids per trial: repeats of one image are averaged before the image-level tests
+        return run_analysis(step, dataclasses.replace(data, images=ids))

@@ -10,6 +10,7 @@ from protocols.library.common import ProtocolBase
 from protocols.library.dots import DotsProtocol
 from protocols.library.maximize import MaximizeProtocol
 from protocols.library.paired import AdversarialProtocol, SmoothProtocol
+from protocols.library.schedule import ScheduleProtocol
 from protocols.library.script import ScriptProtocol
 from protocols.library.sysid import SysidProtocol
 
@@ -21,7 +22,8 @@ PROTOCOL_ADAPTER: TypeAdapter[
     SysidProtocol | MaximizeProtocol | AdversarialProtocol | SmoothProtocol | DotsProtocol | ScriptProtocol
 ] = TypeAdapter(AnyProtocol)
 
-#: name -> protocol class, the ``protocol:`` value of a protocol file.
+#: name -> protocol class, the ``protocol:`` value of a protocol file (``schedule``: stages of the
+#: others, each its own session; not in :data:`AnyProtocol`, the protocols of one session).
 LIBRARY: dict[str, type[ProtocolBase]] = {
     "sysid": SysidProtocol,
     "maximize": MaximizeProtocol,
@@ -29,9 +31,10 @@ LIBRARY: dict[str, type[ProtocolBase]] = {
     "smooth": SmoothProtocol,
     "dots": DotsProtocol,
     "script": ScriptProtocol,
+    "schedule": ScheduleProtocol,
 }
 
 __all__ = [
     "LIBRARY", "PROTOCOL_ADAPTER", "AdversarialProtocol", "AnyProtocol", "DotsProtocol", "MaximizeProtocol",
-    "ProtocolBase", "ScriptProtocol", "SmoothProtocol", "SysidProtocol",
+    "ProtocolBase", "ScheduleProtocol", "ScriptProtocol", "SmoothProtocol", "SysidProtocol",
 ]

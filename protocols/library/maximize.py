@@ -12,7 +12,8 @@
 
 from __future__ import annotations
 
-from typing import Literal
+from collections.abc import Generator
+from typing import Annotated, Literal
 
 from pydantic import Field
 
@@ -32,9 +33,14 @@ from protocols.steps import (
     GenerateImages,
     GenerateResult,
     ImageSet,
+    MatchResult,
     MaximizeNormalParams,
     MaximizeSynthParams,
+    OperatorResult,
+    PauseForOperator,
     Plan,
+    Result,
+    Step,
 )
 
 
@@ -43,6 +49,33 @@ class SynthConfig(Config):
     lr: float = Field(default=0.05, gt=0)
     init: Literal["noise", "pool"] = "noise"
     timeout_s: float = Field(default=600.0, gt=0)
+
+
+NeuronsField = Field(default=None, max_length=100_000, description=(
+    "only these recorded neurons (indices as in match results) among those that match; "
+    "null: every matched neuron (a schedule's 'neurons: qualified' sets it)"))
+
+
+def matched_subset(proto: ProtocolBase, heldout: HeldoutConfig, match: MatchConfig,
+                   neurons: list[int] | None) -> Generator[Step, Result, list[int] | None]:
+    """Match neurons (:func:`match_neurons`); with ``neurons``, keep only those (``max_neurons`` then
+    applies to them). None (after telling the operator) when none is left."""
+    limit = match.max_neurons
+    if neurons is not None:
+        match = match.model_copy(update={"max_neurons": None})
+    result: MatchResult | None = yield from match_neurons(proto, heldout, match)
+    if result is None:
+        return None
+    if neurons is None:
+        return result.neurons
+    wanted = set(neurons)
+    kept = [j for j in result.neurons if j in wanted][:limit]
+    if not kept:
+        yield from call(PauseForOperator(
+            message=f"none of the neurons {sorted(wanted)} matched a model on the held-out images; the causal "
+                    "test is skipped (resume or abort to end the protocol)"), OperatorResult)
+        return None
+    return kept
 
 
 class MaximizeProtocol(ProtocolBase):
@@ -55,12 +88,12 @@ class MaximizeProtocol(ProtocolBase):
     pool_size: int = Field(default=10_000, ge=1, description="pool images scored for max_normal")
     synth: SynthConfig = Field(default_factory=SynthConfig)
     analysis: AnalysisConfig = Field(default_factory=AnalysisConfig)
+    neurons: list[Annotated[int, Field(ge=0)]] | None = NeuronsField
 
     def plan(self) -> Plan:
-        match = yield from match_neurons(self, self.heldout, self.match)
-        if match is None:
+        neurons = yield from matched_subset(self, self.heldout, self.match, self.neurons)
+        if neurons is None:
             return
-        neurons = match.neurons
         yield from call(GenerateImages(
             request_id="max_normal", n_images=self.n_per_neuron, prefetch=True,
             params=MaximizeNormalParams(neurons=neurons, pool_size=self.pool_size)), GenerateResult)

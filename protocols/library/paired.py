@@ -14,7 +14,7 @@ If a generation fails the operator may retry (resume) or skip the test (abort).
 
 from __future__ import annotations
 
-from typing import Literal
+from typing import Annotated, Literal
 
 from pydantic import Field
 
@@ -24,10 +24,10 @@ from protocols.library.common import (
     MatchConfig,
     ProtocolBase,
     generate_with_retry,
-    match_neurons,
     paired_params,
     show_and_ingest,
 )
+from protocols.library.maximize import NeuronsField, matched_subset
 from protocols.plan import call
 from protocols.steps import (
     AdversarialParams,
@@ -49,6 +49,7 @@ class _PairedProtocol(ProtocolBase):
     repeats: int = Field(default=5, ge=1, le=1000)
     timeout_s: float = Field(default=600.0, gt=0, description="per generation request")
     analysis: AnalysisConfig = Field(default_factory=AnalysisConfig)
+    neurons: list[Annotated[int, Field(ge=0)]] | None = NeuronsField
 
     # (condition, params, alternative vs base) of the two generated kinds
     def _kinds(self, neurons: list[int]) -> list[tuple[str, GeneratorParams, Alternative]]:
@@ -59,10 +60,9 @@ class _PairedProtocol(ProtocolBase):
         return []
 
     def plan(self) -> Plan:
-        match = yield from match_neurons(self, self.heldout, self.match)
-        if match is None:
+        neurons = yield from matched_subset(self, self.heldout, self.match, self.neurons)
+        if neurons is None:
             return
-        neurons = match.neurons
         kinds = self._kinds(neurons)
         sets: list[ImageSet] = []
         base_ids: list[str] | None = None

@@ -6,7 +6,7 @@ from pathlib import Path
 
 import numpy as np
 
-from controller.demo import heldout_trials
+from controller.demo_scoring import heldout_trials
 from controller.report import turnarounds, write_report
 from controller.store import SessionWriter
 from wire.documents import BlockDoc, ImageDoc, ResponseDoc, StartDoc, TrialDoc

@@ -84,7 +84,8 @@ SHRINK: dict[str, tuple[list[str], Callable[[ProtocolBase], None]]] = {
 
 
 def test_every_example_has_a_shrinking_override_set() -> None:
-    assert {f.name for f in EXAMPLES.iterdir() if f.suffix in (".yaml", ".toml")} == set(SHRINK)
+    # the schedules run the others: their overrides are tested in tests/protocols/test_schedule.py
+    assert {f.name for f in EXAMPLES.iterdir() if f.suffix in (".yaml", ".toml")} - {"lab_day.yaml", "demo_day.yaml"} == set(SHRINK)
 
 
 @pytest.mark.parametrize("name", sorted(SHRINK))
