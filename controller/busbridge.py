@@ -27,7 +27,8 @@ log = logging.getLogger(__name__)
 
 #: events an operator should see as warnings (a part is down, the session goes on without it)
 _WARNINGS = frozenset({"stim_unreachable", "acquisition_failed", "fallback", "generate_failed", "ingest_deferred",
-                       "retrain_skipped", "match_failed", "ingest_unsent", "model_unreachable"})
+                       "retrain_skipped", "match_failed", "ingest_unsent", "model_unreachable",
+                       "photodiode_lost"})
 
 _BLOCK_STATES = {"preparing": "queued", "presenting": "running", "paused": "running", "counting": "running",
                  "done": "completed", "aborted": "aborted", "failed": "failed"}

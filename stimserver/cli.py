@@ -17,6 +17,7 @@ from typing import Annotated, NoReturn
 
 import typer
 
+from stimserver.markers import MarkerOutlet
 from stimserver.presenter import PHOTODIODE_CORNERS, MonitorProfile, Presenter, PresenterConfig
 from stimserver.server import StimServer
 from wire.errors import CortexloopError
@@ -111,6 +112,11 @@ def run(
                                                        "files")] = None,
     insecure: Annotated[bool, typer.Option("--insecure", help="allow binding beyond loopback without CURVE")
                         ] = False,
+    markers: Annotated[bool, typer.Option(help="publish trial onsets as an LSL Markers stream (for LabRecorder)")
+                       ] = True,
+    markers_name: Annotated[str, typer.Option(help="name of the LSL Markers stream")] = "cortexloop-markers",
+    markers_source_id: Annotated[str, typer.Option(help="its LSL source_id (keep it per rig: LabRecorder "
+                                                   "re-finds a restarted stream by it)")] = "cortexloop-stimserver",
     log_level: Annotated[str, typer.Option(help="logging level")] = "INFO",
 ) -> None:
     """Serve stim.* commands on RPC and publish a TrialEvent per trial on EVENTS.
@@ -129,8 +135,10 @@ def run(
         photodiode_size_px=photodiode_size_px, refresh_hz=refresh_hz, screen=screen,
     )
     pres = make_presenter(presenter, config, fake_refresh_hz=fake_refresh_hz, fake_realtime=fake_realtime)
+    outlet = MarkerOutlet(markers_name, markers_source_id) if markers else None
     try:
-        asyncio.run(serve(StimServer(pres, rpc, events, max_images=max_images, curve=curve, insecure=insecure)))
+        asyncio.run(serve(StimServer(pres, rpc, events, max_images=max_images, curve=curve, insecure=insecure,
+                                     markers=outlet)))
     except CortexloopError as exc:  # e.g. an endpoint in use: one line, not a traceback
         _fail(str(exc))
 

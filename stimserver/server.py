@@ -17,6 +17,7 @@ from typing import Any
 
 from stimserver.cache import ImageCache, images_of
 from stimserver.frameloop import BlockControl, run_block
+from stimserver.markers import MarkerOutlet
 from stimserver.presenter import Presenter
 from wire.base import Message
 from wire.errors import Busy, DisplayError, InvalidRequest, LimitExceeded, NotFound, StateError, StimError
@@ -62,7 +63,8 @@ class StimServer:
 
     def __init__(self, presenter: Presenter, rpc_endpoint: str = "tcp://127.0.0.1:0",
                  events_endpoint: str = "tcp://127.0.0.1:0", *, name: str = "stimserver",
-                 max_images: int | None = None, curve: CurveServer | None = None, insecure: bool = False) -> None:
+                 max_images: int | None = None, curve: CurveServer | None = None, insecure: bool = False,
+                 markers: MarkerOutlet | None = None) -> None:
         self.presenter = presenter
         self.curve = curve
         self.insecure = insecure
@@ -82,6 +84,8 @@ class StimServer:
         self._block_done: asyncio.Future[Any] | None = None
         self._block_images: set[str] = set()
         self._fixating = False
+        #: LSL Markers outlet of trial onsets (stimserver.markers), pushed by the publisher task
+        self.markers = markers
 
     # --- lifecycle ---------------------------------------------------------------------
     @property
@@ -124,6 +128,8 @@ class StimServer:
                 await self._publisher
         if self._pub is not None:
             self._pub.close()
+        if self.markers is not None:
+            self.markers.close()
 
     async def __aenter__(self) -> StimServer:
         try:
@@ -161,6 +167,11 @@ class StimServer:
         while True:
             event = await self._events.get()
             try:
+                if self.markers is not None:  # off the display thread: costs the frame loop nothing
+                    try:
+                        self.markers.push(event)
+                    except Exception:
+                        log.exception("could not push the LSL marker of %s", event.trial_id)
                 await self._pub.publish(event)
             except Exception:
                 log.exception("could not publish %s", event.trial_id)

@@ -24,7 +24,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from typing import Any
 
 import numpy as np
@@ -110,11 +110,20 @@ class Engine(BlocksMixin, ModelStepsMixin):
         self._operator = None
         self._deferred = []
         self._deferred_reported = False
+        self._finishers: list[Callable[[], None]] = []
         self.session.on_change(lambda old, new: self._status("session", {"from": old.value, "state": new.value}))
 
     # -- listeners (the MQTT bus, the terminal) ---------------------------------------------------
     def on_status(self, listener: StatusListener) -> None:
         self._listeners.append(listener)
+
+    def on_finish(self, fn: Callable[[], None]) -> None:
+        """Called once the session's parts stopped, before its stop document (a monitor's last records)."""
+        self._finishers.append(fn)
+
+    def raise_event(self, what: str, message: str, **details: Any) -> None:
+        """An event document and a status ``event`` to the listeners (the bus), from a part outside the engine."""
+        self._event(what, message, **details)
 
     def on_images(self, listener: ImageListener) -> None:
         """Called with the images of each block before it is shown (a virtual rig computes its rates)."""
@@ -240,6 +249,11 @@ class Engine(BlocksMixin, ModelStepsMixin):
                 with contextlib.suppress(asyncio.CancelledError, Exception):
                     await t
             await self.source.close()
+        for fn in self._finishers:
+            try:
+                fn()
+            except Exception:  # the stop document is still written
+                log.exception("a session finisher failed")
         if self._deferred:
             self._event("ingest_unsent", f"the modelserver never took the counts of {', '.join(self._deferred)} "
                         "(they are in this file: a replay or the next session can train on them)",

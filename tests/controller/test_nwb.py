@@ -125,13 +125,28 @@ def test_round_trip(session: tuple[Path, dict], tmp_path: Path) -> None:
         assert list(trials["block_id"]) == ["b0"] * 12 + ["b1"] * 12
 
         ecephys = nwb.processing["ecephys"]
-        counts = ecephys["spike_counts"]["counts"].data[:]
-        assert counts.shape == (24, N_UNITS)
-        np.testing.assert_array_equal(counts, np.stack(ex["counts"]))  # NaN rows of uncounted trials included
-        assert list(ecephys["spike_count_units"]["unit_name"].data[:]) == UNITS
-        assert np.array_equal(ecephys["spike_counts"]["trial"].data[:], np.arange(24))
-        win = ecephys["spike_counts"]["window_start"].data[:]
-        assert np.isnan(win[5]) and win[0] == WINDOW[0]
+        binned = ecephys["spike_counts"]  # BinnedAlignedSpikes: units x trials x 1 bin
+        assert type(binned).__name__ == "BinnedAlignedSpikes"
+        counts = binned.data[:]
+        assert counts.shape == (N_UNITS, 24, 1)
+        # exactly the session's counts per trial and unit; NaN for the trial never counted
+        np.testing.assert_array_equal(counts[:, :, 0].T, np.stack(ex["counts"]))
+        assert np.array_equal(binned.event_timestamps[:], trials["start_time"])  # event i is trial i
+        assert binned.bin_width_in_ms == pytest.approx(100.0) and binned.event_to_bin_offset_in_ms == 50.0
+        assert list(binned.units_region.table["unit_name"].data[:]) == UNITS
+        assert list(binned.units_region.data[:]) == list(range(N_UNITS))
+        labels = list(binned.condition_labels[:])
+        assert [labels[i] for i in binned.condition_indices[:]] == ex["image"]  # condition = the image shown
+        assert list(binned.condition_indices[:]) == list(trials["image_index"])
+        assert np.isnan(trials["onset_acq"][5]) and trials["onset_acq"][0] == ex["onset"][0] + 50
+
+        onsets = nwb.events["stimulus_onsets"]
+        assert type(onsets).__name__ == "EventsTable"
+        ev = onsets.to_dataframe()
+        assert np.array_equal(ev["timestamp"], ex["onset"])
+        np.testing.assert_allclose(ev["duration"], np.array(ex["offset"]) - ex["onset"])
+        assert list(ev["image_index"]) == list(trials["image_index"])
+        assert list(onsets["trial"].data[:]) == list(range(24)) and onsets["trial"].table is nwb.trials
 
         templates = nwb.stimulus_template["stimulus_images"]
         order = [im.name for im in templates.order_of_images.data[:]]
