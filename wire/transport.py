@@ -579,11 +579,11 @@ class EventSubscriber:
 
     async def recv(self, timeout: float | None = None) -> Any:
         """The next event; raises RequestTimeout after ``timeout`` seconds without one."""
-        try:
-            async with asyncio.timeout(timeout):
-                frames = await self._sock.recv_multipart(copy=False)
-        except TimeoutError as exc:
-            raise RequestTimeout(f"no event from {self.endpoint} within {timeout:g} s") from exc
+        # wait by polling, which consumes nothing: a timeout that cancelled a pending receive could
+        # drop a message that arrived in the same loop iteration
+        if timeout is not None and not await self._sock.poll(max(0, int(timeout * 1000))):
+            raise RequestTimeout(f"no event from {self.endpoint} within {timeout:g} s")
+        frames = await self._sock.recv_multipart(copy=False)
         if len(frames) < 2:
             raise DecodeError("event without a payload")
         _, body = decode_header(frames[1:], self._max_bytes)
