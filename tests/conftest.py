@@ -14,7 +14,8 @@ import subprocess
 from collections.abc import Iterator
 from pathlib import Path
 
-import pytest
+import hypothesis  # noqa: F401  imported here, at a shallow stack: pytest rewrites it on first import,
+import pytest  # and CPython 3.11's AST checks can fail when that happens deep in the session's teardown
 
 REPO = Path(__file__).resolve().parents[1]
 V4_DIR = Path(os.environ.get("CORTEXLOOP_V4_DATA", REPO.parent / "shared" / "data" / "v4"))

@@ -181,6 +181,10 @@ class BlocksMixin(CountsMixin):
                 await self.stim.load(need, [self.pixels[i] for i in need])
                 for listener in self._image_listeners:
                     await listener(need, [self.pixels[i] for i in need])
+                # a pause that came while the block was being prepared holds it here (the stimserver
+                # had no block to pause then); mid-block pauses are the stimserver's
+                await self._resumed.wait()
+                self._check_abort()
                 if block.state.state is BlockState.PREPARING:
                     block.state.to(BlockState.PRESENTING)
                 await self._present_segment(block, todo, attempt)
