@@ -95,8 +95,9 @@ class Child:
         for line in self.proc.stdout:
             self.output.append(line)
             self._lines.put(line)
-            if self.ready_line:
-                log.debug("%s: %s", self.name, line.rstrip())
+            if self.ready_line:  # a child's warnings, errors and tracebacks reach the operator
+                quiet = " INFO " in line or " DEBUG " in line
+                log.log(logging.DEBUG if quiet else logging.WARNING, "%s: %s", self.name, line.rstrip())
         self._lines.put(None)
 
     def _wait_ready(self, prefix: str, timeout: float) -> str:

@@ -95,6 +95,10 @@ class ModelServerConfig:
     max_concurrent: int = DEFAULT_MAX_CONCURRENT
     #: largest message (ZeroMQ MAXMSGSIZE on the RPC socket); RpcServer's max_bytes
     max_message_bytes: int = DEFAULT_MAX_BYTES
+    #: a Ray cluster for the heavy work (``auto``, ``local`` or an address; modelserver.cluster); None: in process
+    ray: str | None = None
+    #: GPUs per member task or scorer on a cluster with GPUs (a fraction shares one)
+    ray_gpus: float = 1.0
 
 
 class ModelServer:
@@ -112,6 +116,11 @@ class ModelServer:
         self.dataset = TrainingSet(self.data_dir / "training_set.h5")
         #: command class -> handler; image generation registers here (see module docstring)
         self.extra_handlers: dict[type[Message], Handler] = dict(extra_handlers or {})
+        self.cluster = None
+        if config.ray:
+            from modelserver.cluster import RayCluster
+
+            self.cluster = RayCluster.connect(config.ray, gpus=config.ray_gpus)
         self._register_generate()
         self.model: DeepEnsemble | None = None
         self.version: str | None = None
@@ -131,7 +140,11 @@ class ModelServer:
         from modelserver.genctx import ServerGenerationContext
         from modelserver.generate.handlers import generation_handlers
 
-        ctx = ServerGenerationContext(self, self.config.v4_dir)
+        ctx: Any = ServerGenerationContext(self, self.config.v4_dir)
+        if self.cluster is not None:  # pool scoring on the cluster's scorer actors
+            from modelserver.cluster.context import ClusterGenerationContext
+
+            ctx = ClusterGenerationContext(ctx, self.cluster)
         table = generation_handlers(ctx, image_roots=self.config.image_roots, limits=self.config.limits)
         for cls, h in table.items():
             self.extra_handlers.setdefault(cls, h)
@@ -178,6 +191,8 @@ class ModelServer:
             await self._rpc.stop()
         if self._pub is not None:
             self._pub.close()
+        if self.cluster is not None:  # its scorer actors hold cluster resources
+            await asyncio.to_thread(self.cluster.close)
         self.dataset.close()
 
     async def __aenter__(self) -> ModelServer:
@@ -354,7 +369,10 @@ class ModelServer:
         for s in sessions:
             sd = self.dataset.session(s)
             data[s] = (self.dataset.images(sd.image_rows), sd.mean)
-        arch = ("members", "channels", "strides", "first_stride", "first_kernel", "frontend", "input_size")
+        if self.cluster is not None:  # members as Ray tasks (modelserver.cluster.members)
+            return self._fit_on_cluster(data, cfg, warm, progress)
+        arch = ("members", "channels", "strides", "first_stride", "first_kernel", "frontend", "input_size",
+                "weights", "layer")
         if warm is not None and all(getattr(warm.config, a) == getattr(cfg, a) for a in arch):
             with self._model_lock:  # continue from the current version (same architecture)
                 model = DeepEnsemble.from_state(warm.export_state(), self.device)
@@ -363,6 +381,19 @@ class ModelServer:
             model = DeepEnsemble(cfg).to(self.device)
         report = model.fit(data, progress=progress, should_stop=self._cancel.is_set)
         return model, report
+
+    def _fit_on_cluster(self, data: dict[str, Any], cfg: EnsembleConfig, warm: DeepEnsemble | None,
+                        progress: Callable[[dict[str, float]], None]) -> tuple[DeepEnsemble, Any]:
+        from modelserver.cluster.members import fit_members
+
+        arch = ("channels", "strides", "first_stride", "first_kernel", "frontend", "input_size", "weights", "layer")
+        if warm is not None and (warm.ridge or not all(getattr(warm.config, a) == getattr(cfg, a) for a in arch)
+                                 or warm.config.members != cfg.members):
+            warm = None
+        with self._model_lock:
+            start = DeepEnsemble.from_state(warm.export_state()) if warm is not None else None
+        return fit_members(cfg, data, self.cluster, device=str(self.device), warm=start, progress=progress,
+                           should_stop=self._cancel.is_set)
 
     # --- versions (stored as modelserver.versions reads and writes them) ----------------------
     def _save_version(self, model: DeepEnsemble, report: Any) -> str:
