@@ -49,7 +49,7 @@ from controller.links import RigLink, StimLink
 from controller.store import SessionReader, SessionWriter
 from protocols.library import ProtocolBase
 from protocols.steps import Plan
-from wire.documents import StartDoc, StopDoc
+from wire.documents import EventDoc, StartDoc, StopDoc
 from wire.errors import DisplayError, ServerUnavailable, StoreError
 from wire.security import CurveClient, check_client_keys, check_server_keys, is_local_endpoint
 from wire.transport import RpcClient
@@ -165,8 +165,11 @@ async def assemble(cfg: RunConfig, protocol: ProtocolBase, *, resume: bool = Fal
                 engine.resume_from(docs)
             if cfg.bus.broker != "none":
                 await stack.enter_async_context(_bus(cfg, engine, protocol.protocol))
-            yield Session(engine, store, path, cfg, protocol, images, heldback, model_eps, rig, children,
-                          dict(record or {}))
+            _watch_timing(engine, store)
+            extra = dict(record or {})
+            if cfg.acquisition.control is not None and recording is None:  # RECORD now, back after the session
+                extra["openephys_recording"] = await stack.enter_async_context(_openephys(cfg, session_id))
+            yield Session(engine, store, path, cfg, protocol, images, heldback, model_eps, rig, children, extra)
     finally:
         store.close()
         if not docs and not _has_start(path):
@@ -242,7 +245,49 @@ def _binner(cfg: RunConfig) -> Binner:
         # identity and refine from the pulses; a sample clock (Open Ephys) waits for the first pulses
         initial = ClockMap.identity() if acq.kind in ("virtual", "lsl") else None
         clock = ClockSync(acq.sync.channel, tolerance=acq.sync.tolerance, initial=initial)
-    return Binner(BinningConfig(window=acq.window, lateness=acq.lateness), clock=clock)
+    config = BinningConfig(window=acq.window, lateness=acq.lateness)
+    if acq.sync is not None and acq.sync.monitor:
+        from controller.timing import MonitoredBinner, TimingMonitor
+
+        s = acq.sync
+        monitor = TimingMonitor(s.channel, tolerance=s.tolerance, lost_after=s.lost_after, max_latency=s.max_latency,
+                                same_clock=acq.kind in ("virtual", "lsl"))
+        return MonitoredBinner(config, clock, monitor)
+    return Binner(config, clock=clock)
+
+
+def _watch_timing(engine: Engine, store: SessionWriter) -> None:
+    """Route a timing monitor's checks to the session file and its alarms to an event and the bus."""
+    from controller.timing import MonitoredBinner, OnsetCheck, timing_details
+
+    if not isinstance(engine.binner, MonitoredBinner):
+        return
+    mon = engine.binner.monitor
+    mon.on_event = lambda what, message, details: engine.raise_event(what, message, **details)
+
+    def write(checks: list[OnsetCheck]) -> None:
+        store.write(EventDoc(what="onset_timing", message=f"{len(checks)} onsets checked against {mon.channel!r}",
+                             details=timing_details(checks, mon.channel, mon.same_clock)))
+
+    mon.write = write
+    engine.on_finish(mon.flush)
+
+
+@contextlib.asynccontextmanager
+async def _openephys(cfg: RunConfig, session_id: str) -> AsyncIterator[dict[str, Any]]:
+    """The Open Ephys GUI recording named ``session_id``, from now until the session's teardown."""
+    from controller.acquisition.oecontrol import OpenEphysControl
+
+    acq = cfg.acquisition
+    assert acq.control is not None
+    async with OpenEphysControl(acq.control, directory=acq.control_dir, stop_mode=acq.control_stop) as oe:
+        info = await oe.prepare(session_id)
+        await oe.record()
+        try:
+            yield {"control": oe.url, "base_text": session_id, "parent_directory": info.get("parent_directory"),
+                   "stop_mode": acq.control_stop}
+        finally:
+            await oe.stop()
 
 
 @contextlib.asynccontextmanager
@@ -252,7 +297,9 @@ async def _stimserver(cfg: RunConfig, children: dict[str, Child]) -> AsyncIterat
         return
     args = ["-m", "stimserver", "--log-level", "WARNING", "--presenter", cfg.stim.presenter,
             "--rpc", "tcp://127.0.0.1:0", "--events", "tcp://127.0.0.1:0",
-            "--fake-refresh-hz", str(cfg.stim.refresh_hz), *_server_keys(cfg, "stim"), *cfg.stim.extra_args]
+            "--fake-refresh-hz", str(cfg.stim.refresh_hz), *_server_keys(cfg, "stim"),
+            *(["--markers-source-id", f"cortexloop-stim-{cfg.rig}"] if cfg.stim.markers else ["--no-markers"]),
+            *cfg.stim.extra_args]
     child = await Child.start("stimserver", args, ready="stimserver ready", timeout=60)
     children["stimserver"] = child
     try:
@@ -282,6 +329,13 @@ async def _modelserver(cfg: RunConfig, children: dict[str, Child]) -> AsyncItera
             "--max-epochs", str(max(m.max_epochs, m.session_epochs, m.block_epochs)), "--threads", str(m.threads)]
     if m.v4_dir is not None:
         args += ["--v4-dir", str(m.v4_dir)]
+    if m.ray is not None:
+        args += ["--ray", m.ray, "--ray-gpus", str(m.ray_gpus)]
+    args += ["--frontend", m.frontend, "--layer", m.layer] + (["--autocast"] if m.autocast else [])
+    if m.weights is not None:
+        args += ["--weights", str(m.weights.resolve())]
+    if m.input_size is not None:
+        args += ["--input-size", str(m.input_size)]
     args += _server_keys(cfg, "model")
     child = await Child.start("modelserver", args, ready="modelserver ready", timeout=m.start_timeout)
     children["modelserver"] = child

@@ -128,14 +128,24 @@ def demo(
     device: Annotated[str, typer.Option(help="modelserver device: auto, cpu, cuda, cuda:1, ...")] = "auto",
     ground_truth: Annotated[str | None, typer.Option(
         help="the session of --data whose compact models are the hidden neurons (default: the first)")] = None,
+    neurons: Annotated[str | None, typer.Option(
+        help="which of its compact models are the hidden neurons: 8-15, 0,3,5-8 (default: the first 8)")] = None,
+    compare: Annotated[bool, typer.Option(
+        help="also run the sessions with random picks in place of the active ones, and each session's "
+             "model without the shared core (the 'does the loop help' figures)")] = True,
 ) -> None:
-    """The closed loop on embedded defaults: sysid sessions with retraining, a maximize causal test."""
-    from controller.demo import DEFAULT_DATA
+    """The closed loop on embedded defaults: sysid sessions with retraining, then the causal battery
+    (maximize natural and synthesized, adversarial +/-, smooth- with its control), scored on the ground truth."""
+    from controller.demo import DEFAULT_DATA, parse_neurons
     from controller.demo import main as demo_main
 
     if data is None and DEFAULT_DATA.is_dir():
         data = DEFAULT_DATA
-    demo_main(data, out, sessions, device, ground_truth)
+    try:
+        chosen = parse_neurons(neurons) if neurons else None
+    except ValueError as exc:
+        raise typer.BadParameter(str(exc), param_hint="--neurons") from exc
+    demo_main(data, out, sessions, device, ground_truth, chosen, compare)
 
 
 @app.command()
@@ -165,7 +175,7 @@ def report(
 
 @app.command()
 def simulate(files: list[Path], neurons: Annotated[int, typer.Option(help="simulated neurons")] = 20) -> None:
-    """Run protocol files without any server and print the steps they would take."""
+    """Run protocol files without any server and print the steps they would take (a schedule: its stages)."""
     from protocols.simulate import SimConfig, simulate_file
 
     for report in simulate_file(*files, config=SimConfig(n_neurons=neurons)):
@@ -182,8 +192,12 @@ def run(
     set_: Annotated[list[str] | None, typer.Option(
         "--set", help="KEY=VALUE: change a protocol value (repeatable; e.g. n_blocks=2, active.n_images=10); "
                       "validated like the file and recorded in the session")] = None,
+    dashboard: Annotated[int | None, typer.Option(
+        "--dashboard", metavar="PORT", help="serve this session's live dashboard on http://127.0.0.1:PORT "
+                                            "(0: any free port; its address is printed)")] = None,
 ) -> None:
-    """Run a protocol as one recording session (the closed loop), with progress on the terminal.
+    """Run a protocol as one recording session (the closed loop), with progress on the terminal;
+    a schedule (``protocol: schedule``) runs its stages, each as its own session.
 
     The rig file (--config) names the parts: stimserver, acquisition (a virtual rig process on
     embedded defaults), modelserver (a child process whose data folder persists under --out),
@@ -191,6 +205,8 @@ def run(
     from controller.assembly import run_protocol
     from controller.config import load_config
     from controller.progress import SessionProgress
+    from controller.schedule import run_schedule
+    from protocols.library.schedule import ScheduleProtocol
     from protocols.loader import load_protocol
 
     overrides = list(set_ or [])
@@ -201,10 +217,31 @@ def run(
     if session_id is not None:
         cfg.session_id = session_id
     cfg.out_dir.mkdir(parents=True, exist_ok=True)
+    record = {"protocol_file": str(protocol), "overrides": overrides, "rig_file": str(config) if config else None}
+    if isinstance(proto, ScheduleProtocol) and dashboard is not None:
+        raise typer.BadParameter("--dashboard follows one session; for a schedule run `cortexloop dashboard "
+                                 "--credentials OUT/bus-operator.json` beside it")
+    if isinstance(proto, ScheduleProtocol):  # stages, each its own session (docs/protocols.md, "Schedules")
+        with SessionProgress(console) as progress:
+            outcome = asyncio.run(run_schedule(proto, cfg, resume=resume, on_status=progress.update, record=record))
+        colour = {"success": "green", "abort": "yellow", "unmet": "yellow"}.get(outcome.status, "red")
+        console.print(f"[{colour}]{outcome.status}[/{colour}]: schedule {outcome.schedule_id}, "
+                      f"{len(outcome.sessions)} session(s), qualified neurons {outcome.qualified}; state in "
+                      f"{outcome.state_path}" + (f" ({outcome.reason})" if outcome.reason else ""), soft_wrap=True)
+        if outcome.status == "fail":
+            raise typer.Exit(1)
+        return
+
+    async def session() -> tuple[Any, Path]:
+        if dashboard is None:
+            return await run_protocol(proto, cfg, resume=resume, on_status=progress.update, record=record)
+        from controller.dashboard.child import session_dashboard
+
+        async with session_dashboard(cfg, proto.protocol, dashboard, say=console.print):
+            return await run_protocol(proto, cfg, resume=resume, on_status=progress.update, record=record)
+
     with SessionProgress(console) as progress:
-        stop, path = asyncio.run(run_protocol(proto, cfg, resume=resume, on_status=progress.update,
-                                              record={"protocol_file": str(protocol), "overrides": overrides,
-                                                      "rig_file": str(config) if config else None}))
+        stop, path = asyncio.run(session())
     colour = {"success": "green", "abort": "yellow"}.get(stop.exit_status, "red")
     console.print(f"[{colour}]{stop.exit_status}[/{colour}]: {stop.n_trials} trials with counts in {path}"
                   + (f" ({stop.reason})" if stop.reason else ""))
@@ -238,42 +275,56 @@ def replay(
 
 @app.command()
 def export(
-    session: Annotated[Path, typer.Argument(help="session file (HDF5)")],
-    nwb: Annotated[bool, typer.Option("--nwb", help="write an NWB file (for DANDI)")] = False,
-    out: Annotated[Path | None, typer.Option(help="output file (default: SESSION.nwb)")] = None,
+    sessions: Annotated[list[Path], typer.Argument(help="session file(s) (HDF5)")],
+    nwb: Annotated[bool, typer.Option("--nwb", help="write an NWB file beside each session (for DANDI)")] = False,
+    dandi: Annotated[Path | None, typer.Option(help="write NWB files into this folder in dandi's layout "
+                                                    "(sub-<subject>/sub-<subject>_ses-<session>_*.nwb) and check "
+                                                    "it as `dandi validate` does")] = None,
+    out: Annotated[Path | None, typer.Option(help="output file with --nwb and one session (default: "
+                                                  "SESSION.nwb)")] = None,
     overwrite: Annotated[bool, typer.Option(help="replace an existing output file")] = False,
-    experimenter: Annotated[list[str] | None, typer.Option(help='"Last, First"; repeatable')] = None,
-    lab: Annotated[str | None, typer.Option(help="lab name")] = None,
-    institution: Annotated[str | None, typer.Option(help="institution")] = None,
-    species: Annotated[str | None, typer.Option(help="default Macaca mulatta")] = None,
-    age: Annotated[str | None, typer.Option(help="ISO 8601 duration, e.g. P7Y")] = None,
-    sex: Annotated[str | None, typer.Option(help="M, F, U or O")] = None,
+    experimenter: Annotated[list[str] | None, typer.Option(help='"Last, First"; repeatable (default: the rig '
+                                                                "file's)")] = None,
+    lab: Annotated[str | None, typer.Option(help="lab name (default: the rig file's)")] = None,
+    institution: Annotated[str | None, typer.Option(help="institution (default: the rig file's)")] = None,
+    species: Annotated[str | None, typer.Option(help="default: the rig file's, else Macaca mulatta")] = None,
+    age: Annotated[str | None, typer.Option(help="ISO 8601 duration, e.g. P7Y (default: the rig file's)")] = None,
+    sex: Annotated[str | None, typer.Option(help="M, F, U or O (default: the rig file's, else U)")] = None,
     allow_damaged: Annotated[bool, typer.Option(
         help="export what can be read even when records the export needs are damaged (exit status "
              "stays 1)")] = False,
 ) -> None:
-    """Export a session file for sharing: NWB (checked with nwbinspector).
+    """Export session files for sharing: NWB (checked with nwbinspector), or a DANDI folder (--dandi DIR).
 
+    Subject, lab and experimenter come from the rig file each session recorded; options replace them.
     Damaged records are skipped and printed. When the damage matters (a start, block, image, trial
     or response record, one of unknown kind, or the file itself) nothing is written and the exit
-    status is 1; with --allow-damaged the file is written all the same, still with status 1."""
+    status is 1; with --allow-damaged the file is written all the same, still with status 1. An
+    nwbinspector violation (--nwb) or a `dandi validate` error (--dandi) also gives exit status 1."""
     from rich.markup import escape
 
-    from controller.nwb import check_nwb, export_nwb
+    from controller.nwb import check_dandiset, check_nwb, export_dandi, export_nwb
     from controller.store import Damage, DamagedSession, damage_that_matters
 
-    if not nwb:
-        raise typer.BadParameter("choose a format: --nwb")
+    if nwb == (dandi is not None):
+        raise typer.BadParameter("choose one format: --nwb or --dandi DIR")
+    if out is not None and (dandi is not None or len(sessions) != 1):
+        raise typer.BadParameter("--out names the file of one session exported with --nwb")
     damage: list[Damage] = []
+    meta: dict[str, Any] = {"lab": lab, "institution": institution, "experimenter": experimenter,
+                            "species": species, "age": age, "sex": sex}
     try:
-        path = export_nwb(session, out or session.with_suffix(".nwb"), overwrite=overwrite, lab=lab,
-                          institution=institution, experimenter=experimenter, species=species, age=age, sex=sex,
-                          allow_damaged=allow_damaged, damage=damage)
+        if dandi is not None:
+            paths = export_dandi(sessions, dandi, overwrite=overwrite, allow_damaged=allow_damaged, damage=damage,
+                                 **meta)
+        else:
+            paths = [export_nwb(s, out or s.with_suffix(".nwb"), overwrite=overwrite, allow_damaged=allow_damaged,
+                                damage=damage, **meta) for s in sessions]
     except DamagedSession as exc:
         for d in exc.damage:
             console.print(f"[red]problem:[/red] {escape(str(d))}", soft_wrap=True)
-        console.print(f"[red]not exported[/red]: {len(exc.damage)} damaged part(s) of {escape(str(session))} that "
-                      "an export needs (--allow-damaged exports what can be read)", soft_wrap=True)
+        console.print(f"[red]not exported[/red]: {len(exc.damage)} damaged part(s) of {escape(str(exc.path))} "
+                      "that an export needs (--allow-damaged exports what can be read)", soft_wrap=True)
         raise typer.Exit(1) from None
     for d in damage:
         console.print(f"[{'red' if d.matters() else 'yellow'}]problem:[/] {escape(str(d))}", soft_wrap=True)
@@ -281,11 +332,25 @@ def export(
     if damage:
         console.print(f"{len(damage)} damaged part(s) skipped (listed in the NWB file's notes)"
                       + (f"; [red]{len(serious)} of them matter[/red]" if serious else ""), soft_wrap=True)
-    problems = check_nwb(path)
-    for p in problems:
-        console.print(f"[yellow]nwbinspector:[/yellow] {p}")
-    console.print(f"NWB file: {path}" + ("" if problems else " (nwbinspector: no violations)"))
-    if problems or serious:
+    failed = bool(serious)
+    for path in paths if dandi is None else []:  # a dandiset folder is checked as a whole below
+        problems = check_nwb(path)
+        for p in problems:
+            console.print(f"[yellow]nwbinspector:[/yellow] {escape(p)}", soft_wrap=True)
+        console.print(f"NWB file: {escape(str(path))}" + ("" if problems else " (nwbinspector: no violations)"))
+        failed = failed or bool(problems)
+    if dandi is not None:
+        errors, warnings = check_dandiset(dandi)
+        for line in warnings:
+            console.print(f"[yellow]dandi validate:[/yellow] {escape(line)}", soft_wrap=True)
+        for line in errors:
+            console.print(f"[red]dandi validate:[/red] {escape(line)}", soft_wrap=True)
+        for path in paths:
+            console.print(f"NWB file: {escape(str(path))}", soft_wrap=True)
+        console.print(f"dandiset folder: {escape(str(dandi))} (dandi validate: "
+                      + (f"[red]{len(errors)} error(s)[/red])" if errors else "no errors)"), soft_wrap=True)
+        failed = failed or bool(errors)
+    if failed:
         raise typer.Exit(1)
 
 
@@ -399,6 +464,40 @@ def _command(kind: str) -> Any:
 
 for _kind in ("pause", "resume", "abort"):
     app.command(_kind)(_command(_kind))
+
+
+@app.command()
+def dashboard(
+    session: Annotated[Path | None, typer.Argument(help="a session file (shown live while it is written)")] = None,
+    sessions_dir: Annotated[Path | None, typer.Option(
+        help="folder of session files: the one named by the bus's session id is shown (default: the folder "
+             "of --credentials)")] = None,
+    credentials: CredOpt = None, broker: BrokerOpt = None, rig: RigOpt = None, username: UserOpt = None,
+    password: PassOpt = None,
+    host: Annotated[str, typer.Option(help="address to serve on. HTTP has no CURVE: a non-loopback address "
+                                           "needs --insecure (anyone who reaches it sees the session and its "
+                                           "buttons)")] = "127.0.0.1",
+    port: Annotated[int, typer.Option(help="port (0: any free port)")] = 8050,
+    insecure: Annotated[bool, typer.Option(help="serve a non-loopback --host without authentication")] = False,
+    read_only: Annotated[bool, typer.Option(help="no pause/resume/abort buttons, even with operator "
+                                                 "credentials")] = False,
+    not_before: Annotated[float | None, typer.Option(hidden=True)] = None,
+) -> None:
+    """Serve a live dashboard of a rig's session in the browser (docs/dashboard.md).
+
+    It follows the rig on the bus (with --credentials or --broker/--username) and the session file;
+    with operator credentials the page has pause, resume and abort buttons. A finished session file
+    alone is shown whole, nothing live."""
+    from controller.dashboard import DashboardOptions, serve
+
+    if session is None and sessions_dir is None and credentials is not None:
+        sessions_dir = credentials.parent
+    if session is None and sessions_dir is None and not (broker or username):
+        raise typer.BadParameter("give a session file, --sessions-dir, or a bus login (--credentials, --broker)")
+    opts = DashboardOptions(session=session, sessions_dir=sessions_dir, credentials=credentials, broker=broker,
+                            rig=rig, username=username, password=password, not_before=not_before, host=host,
+                            port=port, insecure=insecure, read_only=read_only)
+    asyncio.run(serve(opts, ready=lambda url: print(f"dashboard ready url={url}", flush=True)))
 
 
 _mount("stimserver.cli", "stimserver", "Run the PsychoPy stimulus server.")

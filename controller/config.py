@@ -12,10 +12,11 @@ file replaces the parts it has (``cortexloop run PROTOCOL.yaml --config rig.yaml
 
 from __future__ import annotations
 
+import re
 from pathlib import Path
-from typing import Literal
+from typing import Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
 from wire.errors import ProtocolError
 from wire.security import CurveClient, CurveServer
@@ -35,13 +36,16 @@ class StimConfig(_Cfg):
     presenter: Literal["fake", "psychopy"] = Field(default="fake", description="presenter of a started server")
     refresh_hz: float = Field(default=60.0, gt=0, description="refresh rate of the fake presenter")
     extra_args: list[str] = Field(default_factory=list, description="more `cortexloop stimserver` options")
+    markers: bool = Field(default=True, description="a started server publishes trial onsets as an LSL Markers "
+                                                    "stream (`cortexloop-markers`, for LabRecorder)")
 
     @model_validator(mode="after")
     def _both_endpoints(self) -> StimConfig:
         if (self.rpc is None) != (self.events is None):
             raise ValueError("a running stimserver needs both rpc and events endpoints")
-        if self.rpc is not None and (self.presenter != "fake" or self.extra_args or "refresh_hz" in self.model_fields_set):
-            raise ValueError("presenter, refresh_hz and extra_args configure a stimserver started here: with rpc "
+        if self.rpc is not None and (self.presenter != "fake" or self.extra_args
+                                     or {"refresh_hz", "markers"} & self.model_fields_set):
+            raise ValueError("presenter, refresh_hz, markers and extra_args configure a stimserver started here: with rpc "
                              "and events (a running server) set them on that server's command line")
         return self
 
@@ -73,6 +77,12 @@ class SyncConfig(_Cfg):
     channel: str = Field(default="photodiode", description="sync channel name (LSL marker label, or "
                                                            "an Open Ephys TTL line such as 'ttl1')")
     tolerance: float = Field(default=0.02, gt=0, le=1.0, description="max pulse-to-onset mismatch (s)")
+    monitor: bool = Field(default=True, description="check every onset against its pulse (controller.timing): "
+                                                    "an event and a bus warning when they stop agreeing")
+    lost_after: int = Field(default=5, ge=1, le=10_000, description="consecutive onsets without a pulse "
+                                                                  "before the sync line counts as lost")
+    max_latency: float = Field(default=0.1, gt=0, le=2.0, description="longest flip-to-pulse delay (s) "
+                                                                      "accepted before the first match")
 
 
 class AcquisitionConfig(_Cfg):
@@ -80,6 +90,11 @@ class AcquisitionConfig(_Cfg):
         default="virtual", description="virtual: start a virtual rig process (spikes over LSL); "
                                        "lsl: a rig's LSL streams; openephys: an Open Ephys ZMQ stream")
     openephys_endpoint: str = "tcp://127.0.0.1:5557"
+    control: str | None = Field(default=None, description="kind openephys: the GUI's HTTP API "
+                                                          "(http://HOST:37497): the session names and runs the recording")
+    control_dir: str | None = Field(default=None, description="recording parent folder on the Open Ephys "
+                                                              "machine (None: the GUI's own)")
+    control_stop: Literal["ACQUIRE", "IDLE"] = Field(default="ACQUIRE", description="mode after the last block")
     lsl_spike_name: str | None = "cortexloop-spikes"
     lsl_marker_name: str | None = "cortexloop-sync"
     sync: SyncConfig | None = Field(default=None, description="the sync channel (default for kind virtual: "
@@ -96,6 +111,8 @@ class AcquisitionConfig(_Cfg):
         if self.kind == "openephys" and self.sync is None:
             raise ValueError("Open Ephys spikes are timed on the sample clock: name the sync channel that "
                              "reports stimulus onsets (acquisition.sync.channel, e.g. 'ttl1')")
+        if self.control is not None and self.kind != "openephys":
+            raise ValueError("acquisition.control is the Open Ephys GUI's HTTP API: it needs kind openephys")
         if not self.window[1] > self.window[0]:
             raise ValueError(f"window end must be after its start, got {self.window}")
         return self
@@ -131,6 +148,19 @@ class ModelConfig(_Cfg):
     timeout: float = Field(default=60.0, gt=0, description="seconds a request may take (generation has "
                                                            "the protocol's own timeouts)")
     start_timeout: float = Field(default=180.0, gt=0)
+    ray: str | None = Field(default=None, description="a started server runs its heavy work on a Ray cluster: "
+                                                      "auto, local or the cluster's address (docs/modelserver.md)")
+    ray_gpus: float = Field(default=1.0, gt=0, le=8, description="GPUs per member task or pool scorer on a "
+                                                                 "Ray cluster with GPUs (a fraction shares one)")
+    frontend: Literal["pixels", "gabor", "resnet50"] = Field(
+        default="gabor", description="the ensemble's input: pixels, fixed Gabor channels, or a frozen ResNet50 trunk")
+    weights: Path | None = Field(default=None, description="frontend resnet50: a local torchvision-layout "
+                                                           "state_dict file (docs/modelserver.md)")
+    layer: Literal["layer1", "layer2", "layer3", "layer4"] = Field(
+        default="layer3", description="frontend resnet50: the trunk's last stage")
+    input_size: int | None = Field(default=None, ge=8, le=1024, description="images are resized to this "
+                                                                            "(default 56; resnet50: 224)")
+    autocast: bool = Field(default=False, description="bfloat16 autocast of the started server's forward passes")
 
     @model_validator(mode="after")
     def _endpoints(self) -> ModelConfig:
@@ -138,6 +168,8 @@ class ModelConfig(_Cfg):
             self.kind = "connect"
         if self.kind == "connect" and (self.rpc is None or self.events is None):
             raise ValueError("model kind connect needs both rpc and events endpoints")
+        if self.kind == "start" and self.frontend == "resnet50" and self.weights is None:
+            raise ValueError("model frontend resnet50 needs weights: a local ResNet50 state_dict file")
         return self
 
 
@@ -184,9 +216,43 @@ class KeysConfig(_Cfg):
                            server_public_key_file=(self.folder / f"{name}.key").absolute())
 
 
+#: an ISO 8601 duration (P7Y, P2Y6M, P90D, PT12H), or a range of two ("P1Y/P2Y") or open above ("P1Y/")
+_AGE = re.compile(r"P(?=\d|T\d)(\d+Y)?(\d+M)?(\d+W)?(\d+D)?(T(?=\d)(\d+H)?(\d+M)?(\d+(\.\d+)?S)?)?")
+
+
+class SubjectConfig(_Cfg):
+    """The animal, for the NWB export (``docs/nwb.md``): ``subject:`` in a rig file is its id or this mapping."""
+
+    subject_id: str = Field(default="virtual", min_length=1, description="the animal's id")
+    species: str = Field(default="Macaca mulatta", description="Latin binomial or an NCBITaxon URL")
+    sex: Literal["M", "F", "U", "O"] = Field(default="U", description="M, F, U (unknown) or O (other)")
+    age: str = Field(default="P0D/", description="ISO 8601 duration at the session, e.g. P7Y; P0D/: unknown")
+    description: str | None = None
+
+    @field_validator("age")
+    @classmethod
+    def _iso_age(cls, v: str) -> str:
+        lo, _, hi = v.partition("/")
+        if not _AGE.fullmatch(lo) or (hi and not _AGE.fullmatch(hi)):
+            raise ValueError(f"age {v!r} is not an ISO 8601 duration such as P7Y, P30D or P2Y6M "
+                             "(a range: P1Y/P2Y; unknown: P0D/)")
+        return v
+
+    @field_validator("species")
+    @classmethod
+    def _binomial(cls, v: str) -> str:
+        if not (re.fullmatch(r"[A-Z][a-z]+ [a-z]+( [a-z]+)?", v) or v.startswith("http://purl.obolibrary.org/obo/NCBITaxon_")):
+            raise ValueError(f"species {v!r}: give the Latin binomial (Macaca mulatta) or an NCBITaxon URL")
+        return v
+
+
 class RunConfig(_Cfg):
     rig: str = "rig1"
-    subject: str = "virtual"
+    subject: str = Field(default="virtual", description="the animal's id (a mapping in YAML: SubjectConfig)")
+    subject_info: SubjectConfig | None = Field(default=None, description="the animal, when `subject:` is a mapping")
+    lab: str | None = None
+    institution: str | None = None
+    experimenter: list[str] = Field(default_factory=list, description='"Last, First", one or more')
     out_dir: Path = Path("out")
     session_id: str | None = None
     seed: int = 0
@@ -197,6 +263,25 @@ class RunConfig(_Cfg):
     bus: BusConfig = Field(default_factory=BusConfig)
     keys: KeysConfig | None = Field(default=None, description="CURVE keys for every server and client "
                                                               "(None: no CURVE anywhere)")
+
+    @model_validator(mode="before")
+    @classmethod
+    def _subject_mapping(cls, data: Any) -> Any:
+        if isinstance(data, dict) and isinstance(data.get("subject"), dict):
+            if data.get("subject_info") is not None:
+                raise ValueError("give the subject either as a mapping under subject: or as subject_info:, not both")
+            info = data["subject"]  # validated as subject_info (errors name subject_info.<field>)
+            data = {**data, "subject": info.get("subject_id", "virtual"), "subject_info": info}
+        if isinstance(data, dict) and isinstance(data.get("experimenter"), str):
+            data = {**data, "experimenter": [data["experimenter"]]}
+        return data
+
+    @model_validator(mode="after")
+    def _one_subject_id(self) -> RunConfig:
+        if self.subject_info is not None and self.subject_info.subject_id != self.subject:
+            raise ValueError(f"subject {self.subject!r} and subject_info.subject_id "
+                             f"{self.subject_info.subject_id!r} differ")
+        return self
 
     def model_dir(self) -> Path:
         return self.model.data_dir if self.model.data_dir is not None else self.out_dir / "modelserver"

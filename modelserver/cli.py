@@ -27,6 +27,12 @@ def serve_cmd(
     threads: int = typer.Option(0, help="torch CPU threads (0: torch's default)"),
     members: int = typer.Option(4, help="ensemble members"),
     max_epochs: int = typer.Option(30, help="epochs per training job at most"),
+    frontend: str = typer.Option("gabor", help="the ensemble's input: pixels, gabor or resnet50"),
+    weights: Path | None = typer.Option(None, help="--frontend resnet50: a local torchvision-layout ResNet50 "
+                                                   "state_dict file (docs/modelserver.md)"),
+    layer: str = typer.Option("layer3", help="--frontend resnet50: the trunk's last stage (layer1..layer4)"),
+    input_size: int = typer.Option(0, help="images are resized to this (0: 56; 224 with resnet50)"),
+    autocast: bool = typer.Option(False, "--autocast", help="bfloat16 autocast of forward passes (CUDA)"),
     v4_dir: Path | None = typer.Option(None, help="V4 data folder: its images feed the candidate pools"),
     image_root: list[Path] = typer.Option([], "--image-root", help="a folder clients may build pools from "
                                                                   "(repeatable; --v4-dir counts as one)"),
@@ -34,6 +40,9 @@ def serve_cmd(
                                                         "--curve-clients)"),
     curve_clients: Path | None = typer.Option(None, help="folder of the allowed clients' public NAME.key files"),
     insecure: bool = typer.Option(False, "--insecure", help="allow binding beyond loopback without CURVE"),
+    ray: str | None = typer.Option(None, help="run the heavy work on a Ray cluster: auto (the one 'ray start' "
+                                              "runs here), local (a private one) or its address"),
+    ray_gpus: float = typer.Option(1.0, help="GPUs per member task or pool scorer on a Ray cluster with GPUs"),
     verbose: bool = typer.Option(False, "--verbose", "-v"),
 ) -> None:
     """Serve ``wire.model`` commands until interrupted.
@@ -58,13 +67,14 @@ def serve_cmd(
     except CortexloopError as exc:
         fail(str(exc))
     if device == "auto":
-        import torch
-
         device = "cuda" if torch.cuda.is_available() else "cpu"
+    try:
+        ens = ensemble_config(members, max_epochs, frontend, weights, layer, input_size, autocast)
+    except ValueError as exc:
+        fail(str(exc))
     cfg = ModelServerConfig(data_dir=data_dir, endpoint=endpoint, events_endpoint=events, device=device,
                             threads=threads or None, v4_dir=v4_dir, curve=curve, insecure=insecure,
-                            image_roots=list(image_root),
-                            ensemble=EnsembleConfig(members=members, max_epochs=max_epochs))
+                            image_roots=list(image_root), ensemble=ens, ray=ray or None, ray_gpus=ray_gpus)
 
     def ready(server: ModelServer) -> None:
         print(f"modelserver ready rpc={server.endpoint} events={server.events_endpoint} device={server.device}",
@@ -76,6 +86,28 @@ def serve_cmd(
         sys.exit(0)
     except CortexloopError as exc:  # e.g. an endpoint in use
         fail(str(exc))
+
+
+def ensemble_config(members: int, max_epochs: int, frontend: str, weights: Path | None, layer: str,
+                    input_size: int, autocast: bool) -> EnsembleConfig:
+    """The serve flags as an :class:`EnsembleConfig`; a resnet50 weights file is checked (loaded) here,
+    so a wrong file is one line at start, not a failed training job later."""
+    from modelserver.frontend import STAGES, load_resnet50
+
+    if frontend not in ("pixels", "gabor", "resnet50"):
+        raise ValueError(f"--frontend must be pixels, gabor or resnet50, not {frontend!r}")
+    if layer not in STAGES:
+        raise ValueError(f"--layer must be one of {', '.join(STAGES)}, not {layer!r}")
+    if frontend == "resnet50":
+        if weights is None:
+            raise ValueError("--frontend resnet50 needs --weights FILE (a local ResNet50 state_dict)")
+        load_resnet50(weights, layer)
+    elif weights is not None:
+        raise ValueError("--weights is for --frontend resnet50")
+    size = input_size or (224 if frontend == "resnet50" else 56)
+    return EnsembleConfig(members=members, max_epochs=max_epochs, frontend=frontend,  # type: ignore[arg-type]
+                          weights=str(weights.resolve()) if weights is not None else None, layer=layer,
+                          input_size=size, autocast=autocast)
 
 
 @app.command("info")

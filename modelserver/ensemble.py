@@ -28,7 +28,7 @@ from torch.nn import functional as F
 
 from modelserver.compact import CHANNEL_MEANS
 from modelserver.cores import StackedCore
-from modelserver.frontend import FrozenFrontend
+from modelserver.frontend import FrozenFrontend, resnet_frontend
 from modelserver.gabor import GaborFrontend
 from modelserver.losses import gaussian_loss, laplacian_penalty, poisson_loss
 from modelserver.metrics import pearson_r
@@ -46,9 +46,12 @@ class EnsembleConfig:
     strides: tuple[int, ...] = (1, 2, 1)
     first_stride: int = 1
     first_kernel: int = 3
-    frontend: Literal["pixels", "gabor"] = "gabor"  # "gabor": fixed V1-like channels added to the input
+    frontend: Literal["pixels", "gabor", "resnet50"] = "gabor"  # "gabor": fixed V1-like channels added
+    weights: str | None = None  # frontend "resnet50": a local torchvision-layout state_dict file
+    layer: str = "layer3"  # frontend "resnet50": the last stage of the frozen trunk
+    autocast: bool = False  # bfloat16 autocast of the forward passes (on CUDA; checked against float32)
     schedule: Literal["cosine", "plateau"] = "cosine"  # cosine: over the time budget (or max_epochs)
-    input_size: int = 56  # images are area-resized to input_size x input_size
+    input_size: int = 56  # images are resized to input_size x input_size (resnet50: its input size)
     loss: Literal["poisson", "gaussian"] = "poisson"
     lr: float = 3e-3
     batch_size: int = 64
@@ -127,6 +130,8 @@ class DeepEnsemble(nn.Module):
         self.config = config or EnsembleConfig()
         c = self.config
         torch.manual_seed(c.seed)
+        if frontend is None and c.frontend == "resnet50":
+            frontend = resnet_frontend(c.weights, c.layer, c.input_size)
         self.frontend = frontend
         size = (c.input_size, c.input_size)
         self.fixed: GaborFrontend | None = None
@@ -160,29 +165,35 @@ class DeepEnsemble(nn.Module):
         return sorted(set(self.readouts) | set(self.ridge))
 
     # --- computing ---------------------------------------------------------------------
-    def inputs(self, images: np.ndarray, device: torch.device | str | None = None) -> torch.Tensor:
-        """The core's input for uint8 images: resized pixels, or cached front-end features."""
-        dev = self.device() if device is None else device
+    def inputs(self, images: np.ndarray, *, cache: bool = False) -> torch.Tensor:
+        """The core's input for uint8 images, on the model's device: resized pixels, Gabor channels or
+        frozen front-end features (kept by image id only with ``cache``, which training uses)."""
+        dev = self.device()
         if self.frontend is not None:
-            return self.frontend(np.asarray(images)).to(dev)
+            with self.autocast():
+                return self.frontend(np.asarray(images), cache=cache).to(dev)
+        x = to_input(images, self.config.input_size, dev)
         if self.fixed is not None:
-            x = to_input(images, self.config.input_size, "cpu")
-            self.fixed.to(x.device)
-            return torch.cat([self.fixed(x[i:i + 256]) for i in range(0, len(x), 256)]).to(dev)
-        return to_input(images, self.config.input_size, dev)
+            return torch.cat([self.fixed(x[i:i + 256]) for i in range(0, len(x), 256)])
+        return x
+
+    def autocast(self) -> torch.autocast:
+        """bfloat16 autocast on the model's device where ``config.autocast`` is set (else a no-op)."""
+        return torch.autocast(self.device().type, dtype=torch.bfloat16, enabled=self.config.autocast)
 
     def device(self) -> torch.device:
         return next(self.core.parameters()).device
 
     def forward(self, x: torch.Tensor, session: str) -> torch.Tensor:
-        feats = self.core(x)
-        if session in self.ridge:
-            pooled = self._ridge_features(feats)
-            return torch.stack([r(pooled[:, m]) for m, r in enumerate(self.ridge[session])], 1)
-        if session not in self.readouts:
+        if session not in self.ridge and session not in self.readouts:
             raise KeyError(f"no readout for session {session!r}")
-        out: torch.Tensor = self.readouts[session](feats)
-        return out
+        with self.autocast():
+            feats = self.core(x)
+            if session in self.ridge:
+                pooled = self._ridge_features(feats)
+                return torch.stack([r(pooled[:, m]) for m, r in enumerate(self.ridge[session])], 1).float()
+            out: torch.Tensor = self.readouts[session](feats)
+        return out.float()
 
     @torch.no_grad()
     def predict(self, images: np.ndarray, session: str, batch_size: int = 256,
@@ -241,10 +252,11 @@ class DeepEnsemble(nn.Module):
             n_val = max(1, round(c.val_fraction * len(images))) if len(images) >= 10 else 0
             vi, ti = order[:n_val], order[n_val:]
             self.add_session(name, resp.shape[1], resp[ti].mean(0))
-            x = self.inputs(images, "cpu")
-            train[name] = (x[ti], torch.as_tensor(resp[ti], dtype=torch.float32))
+            x = self.inputs(images, cache=True)  # on the model's device, like the batches
+            ti_d = torch.as_tensor(ti, device=dev)
+            train[name] = (x[ti_d], torch.as_tensor(resp[ti], dtype=torch.float32, device=dev))
             if n_val:
-                val[name] = (x[vi], resp[vi])
+                val[name] = (x[torch.as_tensor(vi, device=dev)], resp[vi])
         params = list(self.core.parameters()) if train_core else []
         for name in train:
             params += list(self.readouts[name].parameters())
@@ -274,8 +286,9 @@ class DeepEnsemble(nn.Module):
                     for g in opt.param_groups:
                         g["lr"] = c.lr * (0.02 + 0.98 * 0.5 * (1 + math.cos(math.pi * min(1.0, frac))))
                 x, y = train[name]
-                pred = self(x[idx].to(dev), name)
-                loss = self._member_loss(pred, y[idx].to(dev)) + self._regularizer(name)
+                idx = idx.to(dev)
+                pred = self(x[idx], name)
+                loss = self._member_loss(pred, y[idx]) + self._regularizer(name)
                 opt.zero_grad(set_to_none=True)
                 loss.sum().backward()
                 opt.step()
@@ -409,4 +422,6 @@ class DeepEnsemble(nn.Module):
         for rs in self.ridge.values():
             for r in rs:
                 r.to(*args, **kwargs)
+        if self.frontend is not None:
+            self.frontend.to(self.device())
         return self

@@ -6,8 +6,10 @@ the same ``state_dict`` keys, so a user's local ImageNet weights file (e.g. torc
 configurable stage (``layer1`` .. ``layer4``). Nothing is downloaded: without a weights file
 the ensemble uses its own trainable convolutional core (:mod:`modelserver.cores`) instead.
 
-:class:`FrozenFrontend` runs the trunk in inference mode and caches each image's features by
-content id (:func:`wire.base.image_id`), so re-training the ensemble never recomputes them.
+:class:`FrozenFrontend` runs the trunk in inference mode on the configured device and, for
+training, caches each image's features by content id (:func:`wire.base.image_id`) on that device,
+so re-training the ensemble never recomputes them; prediction and pool scoring compute features
+batch by batch and keep none.
 """
 
 from __future__ import annotations
@@ -22,7 +24,7 @@ from torch.nn import functional as F
 
 from wire.base import image_id
 
-__all__ = ["STAGES", "FrozenFrontend", "ResNet50Trunk", "load_resnet50"]
+__all__ = ["STAGES", "FrozenFrontend", "ResNet50Trunk", "load_resnet50", "resnet_frontend"]
 
 STAGES = ("layer1", "layer2", "layer3", "layer4")
 _BLOCKS = (3, 4, 6, 3)
@@ -86,51 +88,128 @@ class ResNet50Trunk(nn.Module):
 
 
 def load_resnet50(path: str | Path, stage: str = "layer2") -> ResNet50Trunk:
-    """A trunk with ImageNet weights from a local torchvision-style state_dict file (tensors only)."""
-    state = torch.load(Path(path), map_location="cpu", weights_only=True)
+    """A trunk with ImageNet weights from a local torchvision-style state_dict file (tensors only).
+
+    Anything else (a pickle with code, another architecture, wrong shapes) is a ``ValueError``."""
+    path = Path(path)
+    if not path.is_file():
+        raise ValueError(f"no ResNet50 weights file at {path}")
+    try:
+        state = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as exc:  # UnpicklingError, a zip that is not torch's, ...
+        why = " ".join(str(exc).partition("WeightsUnpickler error:")[2].split()) or type(exc).__name__
+        raise ValueError(f"{path} is not a tensors-only torch state_dict (torch.load(weights_only=True) "
+                         f"refused it: {why.split('. ')[0][:160]})") from exc
     if isinstance(state, dict) and "state_dict" in state and isinstance(state["state_dict"], dict):
         state = state["state_dict"]
+    if not isinstance(state, dict) or not all(isinstance(v, torch.Tensor) for v in state.values()):
+        raise ValueError(f"{path} is not a ResNet50 state_dict (a dict of tensors in torchvision's key layout)")
     trunk = ResNet50Trunk(stage)
     own = trunk.state_dict()
     wanted = OrderedDict((k, v) for k, v in state.items() if k in own)
     missing = sorted(set(own) - set(wanted))
     if missing:
         raise ValueError(f"{path} is not a ResNet50 state_dict: {len(missing)} keys missing, e.g. {missing[:3]}")
+    bad = [k for k, v in wanted.items() if tuple(v.shape) != tuple(own[k].shape)]
+    if bad:
+        raise ValueError(f"{path} is not a ResNet50 state_dict: wrong shapes, e.g. {bad[0]} "
+                         f"{tuple(wanted[bad[0]].shape)} (expected {tuple(own[bad[0]].shape)})")
     trunk.load_state_dict(wanted, strict=True)
     return trunk.eval()
 
 
 class FrozenFrontend:
-    """A frozen trunk with a feature cache keyed by image content id."""
+    """A frozen trunk on one device, with a feature cache (on that device) keyed by image content id.
+
+    Only training uses the cache (``cache=True``); prediction and pool scoring compute features
+    batch by batch and keep none. ``max_cache_bytes`` bounds the cache (oldest entries go first).
+    """
 
     def __init__(self, trunk: nn.Module, input_size: int = 224, device: torch.device | str = "cpu",
-                 max_cached: int = 200_000) -> None:
+                 max_cache_bytes: int = 4 << 30) -> None:
         self.trunk = trunk.to(device).eval()
         for p in self.trunk.parameters():
             p.requires_grad_(False)
         self.input_size = input_size
         self.device = torch.device(device)
         self.cache: OrderedDict[str, torch.Tensor] = OrderedDict()
-        self.max_cached = max_cached
+        self.max_cache_bytes = max_cache_bytes
+        self._cached_bytes = 0
         self.out_channels = int(getattr(trunk, "out_channels", 0))
 
-    def _prep(self, images: np.ndarray) -> torch.Tensor:
-        x = torch.as_tensor(images, device=self.device).float().permute(0, 3, 1, 2) / 255.0
-        x = F.interpolate(x, size=(self.input_size, self.input_size), mode="bilinear", align_corners=False)
-        mean = torch.tensor(IMAGENET_MEAN, device=self.device)[:, None, None]
-        std = torch.tensor(IMAGENET_STD, device=self.device)[:, None, None]
+    def to(self, device: torch.device | str) -> FrozenFrontend:
+        """Move the trunk (and the cache) to ``device``."""
+        self.device = torch.device(device)
+        self.trunk.to(self.device)
+        for k, v in self.cache.items():
+            self.cache[k] = v.to(self.device)
+        return self
+
+    def normalize(self, pixels: torch.Tensor) -> torch.Tensor:
+        """Float RGB (N, 3, H, W) in 0..255 -> the trunk's input (resized, ImageNet-normalized).
+
+        Differentiable: synthesis and adversarial images take gradients through it."""
+        x = pixels / 255.0
+        if x.shape[-1] != self.input_size or x.shape[-2] != self.input_size:
+            x = F.interpolate(x, size=(self.input_size, self.input_size), mode="bilinear", align_corners=False)
+        mean = torch.tensor(IMAGENET_MEAN, device=x.device, dtype=x.dtype)[:, None, None]
+        std = torch.tensor(IMAGENET_STD, device=x.device, dtype=x.dtype)[:, None, None]
         return (x - mean) / std
 
+    def features(self, pixels: torch.Tensor) -> torch.Tensor:
+        """Float RGB (N, 3, H, W) in 0..255 on the trunk's device -> feature maps (with gradients to pixels)."""
+        out: torch.Tensor = self.trunk(self.normalize(pixels))
+        return out
+
+    def _prep(self, images: np.ndarray) -> torch.Tensor:
+        x = torch.as_tensor(np.asarray(images), device=self.device).permute(0, 3, 1, 2).float()
+        return self.normalize(x)
+
     @torch.no_grad()
-    def __call__(self, images: np.ndarray, ids: list[str] | None = None, batch_size: int = 64) -> torch.Tensor:
-        """uint8 (N, H, W, 3) -> features (N, C, h, w) on the CPU, computed once per image id."""
+    def __call__(self, images: np.ndarray, ids: list[str] | None = None, batch_size: int = 64,
+                 cache: bool = True) -> torch.Tensor:
+        """uint8 (N, H, W, 3) -> float32 features (N, C, h, w) on the trunk's device.
+
+        With ``cache``, each image id is computed once (and kept); without, nothing is kept."""
+        if not cache:
+            return torch.cat([self.trunk(self._prep(images[s:s + batch_size])).float()
+                              for s in range(0, len(images), batch_size)])
         ids = ids if ids is not None else [image_id(im) for im in images]
         todo = [i for i, k in enumerate(ids) if k not in self.cache]
+        fresh: dict[str, torch.Tensor] = {}
         for s in range(0, len(todo), batch_size):
             sel = todo[s:s + batch_size]
-            out = self.trunk(self._prep(images[sel])).cpu()
+            out = self.trunk(self._prep(images[sel])).float()
             for j, i in enumerate(sel):
-                self.cache[ids[i]] = out[j]
-        while len(self.cache) > self.max_cached:
-            self.cache.popitem(last=False)
-        return torch.stack([self.cache[k] for k in ids])
+                fresh[ids[i]] = out[j].clone()
+        result = torch.stack([fresh[k] if k in fresh else self.cache[k] for k in ids])
+        for k, v in fresh.items():
+            if k not in self.cache:
+                self.cache[k] = v
+                self._cached_bytes += v.numel() * v.element_size()
+        while self.cache and self._cached_bytes > self.max_cache_bytes:
+            _, v = self.cache.popitem(last=False)
+            self._cached_bytes -= v.numel() * v.element_size()
+        return result
+
+
+_SHARED: OrderedDict[tuple[str, int, str, int], FrozenFrontend] = OrderedDict()
+
+
+def resnet_frontend(weights: str | Path | None, layer: str, input_size: int) -> FrozenFrontend:
+    """The frozen ResNet50 front end of an ensemble config (``frontend: resnet50``).
+
+    Shared by every ensemble of a process built from the same file, layer and size (the last two
+    such front ends are kept), so successive training jobs and loaded versions reuse one trunk
+    and its training-feature cache instead of reloading the file."""
+    if weights is None:
+        raise ValueError("frontend resnet50 needs a local weights file (model.weights / --weights); "
+                         "see docs/modelserver.md, 'The ResNet50 front end'")
+    path = Path(weights).resolve()
+    key = (str(path), path.stat().st_mtime_ns if path.is_file() else 0, layer, int(input_size))
+    if key not in _SHARED:
+        _SHARED[key] = FrozenFrontend(load_resnet50(path, layer), input_size=input_size)
+        while len(_SHARED) > 2:
+            _SHARED.popitem(last=False)
+    _SHARED.move_to_end(key)
+    return _SHARED[key]

@@ -2,9 +2,10 @@
 
 Generators (``modelserver.generate``) take *preprocessed* 112x112 images (raw RGB minus the
 channel means, ``modelserver.compact.preprocess``) and a model mapping them to (N, neurons), or
-an ensemble mapping them to (members, N, neurons). The ensemble reads its own input (scaled,
-resized); :class:`EnsembleView` does that conversion differentiably, so gradient ascent and
-adversarial steps run through the ensemble as they run through a compact model.
+an ensemble mapping them to (members, N, neurons). The ensemble reads its own input (scaled and
+resized pixels, Gabor channels, or the frozen ResNet50 trunk's features computed on the fly);
+:class:`EnsembleView` does that conversion differentiably on the ensemble's device, so gradient
+ascent and adversarial steps run through the ensemble as they run through a compact model.
 
 Model ids name a session's neurons in a model version: ``"<session>"`` (the current version) or
 ``"<version>/<session>"``. Pools live in ``<data_dir>/pools/<name>.h5``.
@@ -19,9 +20,10 @@ import numpy as np
 import torch
 from torch.nn import functional as F
 
+from modelserver.compact import CHANNEL_MEANS
 from modelserver.ensemble import DeepEnsemble
 from modelserver.generate.handlers import natural_images, pool_file
-from wire.errors import ModelError, NotFound
+from wire.errors import NotFound
 
 if TYPE_CHECKING:
     from modelserver.server import ModelServer
@@ -35,29 +37,26 @@ class EnsembleView(torch.nn.Module):
 
     def __init__(self, ensemble: DeepEnsemble, session: str, *, members: bool = False) -> None:
         super().__init__()
-        if ensemble.frontend is not None:
-            raise ModelError("generation through a frozen pretrained front end is not supported; "
-                             "use an ensemble trained without one")
         if session not in ensemble.sessions:
             raise NotFound(f"the model has no session {session!r}; it has {ensemble.sessions}")
         self.ensemble = ensemble.eval()
         self.session = session
         self.members = members
-        self.n_neurons = ensemble.session_neurons.get(session) or int(
-            ensemble(torch.zeros(1, *self._probe_shape()), session).shape[-1])
-
-    def _probe_shape(self) -> tuple[int, int, int]:
-        s = self.ensemble.config.input_size
-        return (3, s, s)
+        self.n_neurons = int(ensemble.session_neurons[session])
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         ens = self.ensemble
-        z = x / 64.0  # preprocess() already subtracted the channel means
-        size = ens.config.input_size
-        if z.shape[-1] != size:
-            z = F.interpolate(z, size=(size, size), mode="area")
-        if ens.fixed is not None:
-            z = ens.fixed(z)
+        if ens.frontend is not None:  # the frozen trunk on the raw pixels, gradients flowing to them
+            means = torch.tensor(CHANNEL_MEANS, dtype=x.dtype, device=x.device).view(1, 3, 1, 1)
+            with ens.autocast():
+                z = ens.frontend.features(x + means).float()
+        else:
+            z = x / 64.0  # preprocess() already subtracted the channel means
+            size = ens.config.input_size
+            if z.shape[-1] != size:
+                z = F.interpolate(z, size=(size, size), mode="area")
+            if ens.fixed is not None:
+                z = ens.fixed(z)
         out = ens(z, self.session)  # (N, members, neurons)
         return out.permute(1, 0, 2) if self.members else out.mean(1)
 

@@ -12,17 +12,15 @@ average-pooled) to one already picked: no near-duplicates.
 
 from __future__ import annotations
 
-from collections.abc import Callable, Collection, Sequence
+from collections.abc import Callable, Collection, Iterator, Sequence
 from typing import Literal
 
 import numpy as np
 import torch
-from torch.nn import functional as F
 
-from modelserver.compact import preprocess
 from modelserver.generate.limits import StopCheck, stop_point
 from modelserver.generate.models import Ensemble, Generated, Pick, check_neurons, model_name
-from modelserver.generate.pool import ImagePool, check_k
+from modelserver.generate.pool import ImagePool, check_k, score_rows
 from wire.errors import InvalidRequest
 
 
@@ -35,9 +33,13 @@ def member_variance(ensemble: Ensemble, x: torch.Tensor) -> torch.Tensor:
 
 
 def thumbnails(images: np.ndarray, factor: int = 4) -> np.ndarray:
-    """uint8 (N, H, W, 3) -> float32 (N, features) 0..1 pixels average-pooled by ``factor``."""
-    x = torch.as_tensor(images).permute(0, 3, 1, 2).float() / 255.0
-    return F.avg_pool2d(x, factor).flatten(1).numpy()
+    """uint8 (N, H, W, 3) -> float32 (N, features) 0..1 pixels average-pooled by ``factor``.
+
+    Bookkeeping on the pool's uint8 pixels (numpy), not model compute."""
+    x = np.asarray(images)
+    n, h, w = x.shape[0], x.shape[1] // factor, x.shape[2] // factor
+    x = x[:, :h * factor, :w * factor].reshape(n, h, factor, w, factor, 3).astype(np.float32)
+    return (x.mean(axis=(2, 4)) / 255.0).reshape(n, -1)
 
 
 def pairwise_rms(a: np.ndarray, b: np.ndarray) -> np.ndarray:
@@ -81,10 +83,13 @@ def _scores(ensemble: Ensemble, pool: ImagePool, cand: np.ndarray, cols: torch.T
     """
     def stats(idx: np.ndarray) -> torch.Tensor:
         out = []
-        with torch.no_grad():
+        def shards() -> Iterator[tuple[int, np.ndarray]]:
             for s in range(0, len(idx), batch_size):
                 stop_point(should_stop, "gen.active")
-                pred = ensemble(preprocess(pool.read(idx[s: s + batch_size]), device=device))
+                yield s, pool.read(idx[s: s + batch_size])
+
+        with torch.no_grad():
+            for _, pred in score_rows(ensemble, shards(), device):  # here, or on a cluster's scorers
                 if pred.ndim != 3:
                     raise InvalidRequest(f"an ensemble must return (members, N, neurons), got {tuple(pred.shape)}")
                 var = pred.var(dim=0, unbiased=False)

@@ -131,8 +131,20 @@ def score_batches(pool: ImagePool, model: Callable[[torch.Tensor], torch.Tensor]
                   device: torch.device | str = "cpu", dtype: torch.dtype = torch.float32
                   ) -> Iterator[tuple[int, torch.Tensor]]:
     """Stream the pool through ``model`` (no grad): yield (first index, model output) per batch."""
+    yield from score_rows(model, pool.batches(batch_size), device, dtype)
+
+
+def score_rows(model: Callable[[torch.Tensor], torch.Tensor], shards: Iterable[tuple[int, np.ndarray]],
+               device: torch.device | str = "cpu", dtype: torch.dtype = torch.float32
+               ) -> Iterator[tuple[int, torch.Tensor]]:
+    """(start, model output) per (start, uint8 shard), no grad: here, or on a cluster's scorer actors
+    where the model has ``score_stream`` (:class:`modelserver.cluster.scoring.ClusterScored`)."""
+    stream = getattr(model, "score_stream", None)
+    if callable(stream):
+        yield from stream(shards, dtype)
+        return
     with torch.no_grad():
-        for start, batch in pool.batches(batch_size):
+        for start, batch in shards:
             yield start, model(preprocess(batch, dtype=dtype, device=device))
 
 
