@@ -239,8 +239,12 @@ class ZmqModelLink:
             return await self._per_model(step, p.neurons, lambda model, ns: GenMaximize(
                 model=model, pool=self.pool, neurons=ns, k=n))
         elif isinstance(p, MaximizeSynthParams):
+            from_pool = p.init == "pool"  # from each neuron's best pool images, in small steps (docs/generation.md)
+            if from_pool:
+                await self._ensure_pool()
             return await self._per_model(step, p.neurons, lambda model, ns: GenSynthesize(
-                model=model, neurons=ns, per_neuron=n, steps=p.steps, seed=seed))
+                model=model, neurons=ns, per_neuron=n, steps=p.steps, seed=seed,
+                pool=self.pool if from_pool else None, step_size=1.0 if from_pool else 3.0))
         elif isinstance(p, AdversarialParams | SmoothParams):
             return await self._paired(step, p, n, seed)
         elif isinstance(p, DotsParams):

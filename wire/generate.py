@@ -93,6 +93,12 @@ class GenSynthesize(Message):
     lp_weight: float = Field(default=1.0, ge=0, le=1e6)
     tv_weight: float = Field(default=0.4, ge=0, le=1e6)
     seed: Seed = 0
+    spread_weight: float = Field(default=1.0, ge=0, le=100, description="where the model is an ensemble: "
+                                 "ascend the members' mean minus this x their standard deviation")
+    jitter: int = Field(default=4, ge=0, le=32, description="random shift (pixels) of the images at each step")
+    scale_jitter: float = Field(default=0.1, ge=0, lt=0.5, description="random rescale (1 +- this) at each step")
+    pool: PoolName | None = Field(default=None, description="start from each neuron's top images of this pool "
+                                                            "under the model (None: from noise)")
 
 
 class GenAdversarial(Message):

@@ -203,9 +203,21 @@ def generation_handlers(ctx: GenerationContext, *, image_roots: Sequence[Path] |
 
         def work(stop: StopCheck) -> Message:
             cfg = SynthesisConfig(steps=cmd.steps, step_size=cmd.step_size, lp_weight=cmd.lp_weight,
-                                  tv_weight=cmd.tv_weight)
-            gen = synthesize(ctx.response_model(cmd.model), cmd.neurons, cmd.per_neuron, cmd.seed, cfg,
-                             device=ctx.device, should_stop=stop)
+                                  tv_weight=cmd.tv_weight, spread_weight=cmd.spread_weight, jitter=cmd.jitter,
+                                  scale_jitter=cmd.scale_jitter)
+            init = None
+            if cmd.pool is not None:  # start from each neuron's top pool images
+                with ImagePool(ctx.pool_path(cmd.pool)) as pool:
+                    check_scan(lim, len(pool), "gen.synthesize: pool images scored")
+                    init = maximize_pool(ctx.response_model(cmd.model), pool, cmd.neurons, cmd.per_neuron,
+                                         device=ctx.device, should_stop=stop).images
+            # the members' spread needs the ensemble behind the model id, where there is one
+            model: ResponseModel = ctx.response_model(cmd.model)
+            if cmd.spread_weight > 0:
+                with contextlib.suppress(NotFound):
+                    model = ctx.ensemble(cmd.model)
+            gen = synthesize(model, cmd.neurons, cmd.per_neuron, cmd.seed, cfg, device=ctx.device,
+                             should_stop=stop, init_images=init)
             return to_reply(_named(gen, cmd.model))
         return await run(work)
 

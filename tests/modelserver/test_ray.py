@@ -27,6 +27,9 @@ from wire.generate import GenActive, GenImages, GenMaximize
 from wire.model import Ingest, Ingested, JobStarted, Train, TrainDone, TrainProgress
 from wire.transport import EventSubscriber, RpcClient
 
+# one local cluster per test session: under pytest-xdist every Ray test runs on one worker
+pytestmark = pytest.mark.xdist_group("ray")
+
 CFG = EnsembleConfig(members=2, channels=4, input_size=16, strides=(1,), first_stride=2, max_epochs=2,
                      batch_size=16, patience=5)
 
