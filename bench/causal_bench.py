@@ -5,7 +5,7 @@ models (Cowley et al. 2023) of session 190923, scaled to spike rates as the virt
 (calibrated on 120 evenly spaced session images: 1st percentile -> 2, 99th -> 60 spikes/s).
 Recorded responses: one Poisson count per image in the 100 ms window (rate x 0.1 s) on
 ``--train`` random V4 images plus gaudy versions of a quarter as many (the demo's sysid mix).
-The model: the modelserver's deep ensemble (:mod:`modelserver.ensemble`, the CPU demo's 3
+The model: the modelserver's deep ensemble (:mod:`modelserver.training.ensemble`, the CPU demo's 3
 members), trained on those counts. Per neuron, the ensemble picks the top ``--k`` images of a
 pool of ``--pool`` natural crops (``maximize``) and synthesizes ``--k`` images
 (:mod:`modelserver.generate.synthesize`, one run per ``--variant``); everything is scored on
@@ -35,10 +35,10 @@ import torch
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
-from modelserver.ensemble import DeepEnsemble, EnsembleConfig  # noqa: E402
-from modelserver.genctx import EnsembleView  # noqa: E402
+from modelserver.generate.context import EnsembleView  # noqa: E402
 from modelserver.generate.pool import gaudy, natural_crops, package_sample_images, responses_of  # noqa: E402
 from modelserver.generate.synthesize import SynthesisConfig, synthesize  # noqa: E402
+from modelserver.training.ensemble import DeepEnsemble, EnsembleConfig  # noqa: E402
 from virtualrig.rates import CompactModelRates, evenly_spaced, load_image_zip  # noqa: E402
 
 SESSION = "190923"

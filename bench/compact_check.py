@@ -3,7 +3,7 @@
     .venv/bin/python bench/compact_check.py --ensemble ens.pt --models compact/ [--session 190923]
         [--source 190923] [--images 1024] [--data DIR]
 
-The pool of :func:`modelserver.distill.make_pool` (crops, gaudy crops, noise) is made from the
+The pool of :func:`modelserver.compact.distill.make_pool` (crops, gaudy crops, noise) is made from the
 images of ``--source`` (by default the teacher session's own images, which the distillation pool of
 ``bench/distill_bench.py`` never draws from); prints the students' Pearson r with the ensemble.
 """
@@ -20,12 +20,12 @@ import torch
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
-from modelserver.compact import find_compact_models, load_compact_model  # noqa: E402
-from modelserver.data import load_images  # noqa: E402
-from modelserver.distill import make_pool  # noqa: E402
-from modelserver.distill_teacher import teacher_targets  # noqa: E402
-from modelserver.ensemble import DeepEnsemble  # noqa: E402
-from modelserver.metrics import pearson_r  # noqa: E402
+from modelserver.compact.distill import make_pool  # noqa: E402
+from modelserver.compact.distill_teacher import teacher_targets  # noqa: E402
+from modelserver.compact.model import find_compact_models, load_compact_model  # noqa: E402
+from modelserver.training.data import load_images  # noqa: E402
+from modelserver.training.ensemble import DeepEnsemble  # noqa: E402
+from modelserver.training.metrics import pearson_r  # noqa: E402
 
 
 def main(argv: list[str] | None = None) -> None:

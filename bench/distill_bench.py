@@ -12,7 +12,7 @@
    bfloat16, checked against float32), or a deep ensemble trained on the V4 data and saved by
    ``bench/real_v4_prediction.py --save PATH`` (``--teacher ensemble --ensemble PATH``: its
    predictions for session 190923, as ``cortexloop modelserver distill`` uses a server's version).
-3. The pipeline of :func:`modelserver.compress.compress`: a pool of unlabeled images (crops of
+3. The pipeline of :func:`modelserver.compact.compress.compress`: a pool of unlabeled images (crops of
    the V4 images of the four training sessions, gaudy crops, noise) labelled by the teacher;
    students distilled batched; pruned filter by filter with the greedy accuracy-reduction index
    (RAR), deepest layer first, on half of the held-out pool images (layer 0 jointly while the
@@ -37,8 +37,7 @@ from torch import nn
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
-from modelserver.compact import CompactModel, find_compact_models, load_compact_model, preprocess  # noqa: E402
-from modelserver.compress import (  # noqa: E402
+from modelserver.compact.compress import (  # noqa: E402
     CompressConfig,
     Teacher,
     compress,
@@ -46,10 +45,11 @@ from modelserver.compress import (  # noqa: E402
     progress_printer,
     write_compact_models,
 )
-from modelserver.data import load_images  # noqa: E402
-from modelserver.distill import StackedCompact, make_pool, teacher_targets  # noqa: E402
-from modelserver.ensemble import DeepEnsemble  # noqa: E402
-from modelserver.metrics import pearson_r  # noqa: E402
+from modelserver.compact.distill import StackedCompact, make_pool, teacher_targets  # noqa: E402
+from modelserver.compact.model import CompactModel, find_compact_models, load_compact_model, preprocess  # noqa: E402
+from modelserver.training.data import load_images  # noqa: E402
+from modelserver.training.ensemble import DeepEnsemble  # noqa: E402
+from modelserver.training.metrics import pearson_r  # noqa: E402
 
 
 def _train_steps(model: nn.Module, pool: np.ndarray, y: torch.Tensor, steps: int, batch: int) -> float:

@@ -23,7 +23,7 @@ import torch
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
-from modelserver.compact import CompactModel  # noqa: E402
+from modelserver.compact.model import CompactModel  # noqa: E402
 from modelserver.generate.maximize import maximize_pool  # noqa: E402
 from modelserver.generate.models import CompactStack  # noqa: E402
 from modelserver.generate.pool import ImagePool, build_pool, natural_crops, v4_images  # noqa: E402

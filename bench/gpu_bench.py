@@ -38,12 +38,12 @@ from torch.utils.flop_counter import FlopCounterMode
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
-from modelserver.compact import preprocess  # noqa: E402
-from modelserver.ensemble import DeepEnsemble, EnsembleConfig  # noqa: E402
-from modelserver.genctx import EnsembleView  # noqa: E402
+from modelserver.compact.model import preprocess  # noqa: E402
+from modelserver.generate.context import EnsembleView  # noqa: E402
 from modelserver.generate.maximize import maximize_pool  # noqa: E402
 from modelserver.generate.pool import ImagePool, PoolWriter  # noqa: E402
 from modelserver.generate.synthesize import SynthesisConfig, synthesize  # noqa: E402
+from modelserver.training.ensemble import DeepEnsemble, EnsembleConfig  # noqa: E402
 
 #: dense bf16 tensor-core peak FLOP/s (data sheets, SXM parts; no sparsity)
 PEAK_BF16 = {"H200": 989e12, "H100": 989e12, "A100": 312e12}

@@ -22,9 +22,9 @@ import torch
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
-from modelserver.data import load_session  # noqa: E402
-from modelserver.ensemble import EnsembleConfig  # noqa: E402
-from modelserver.server import ModelServer, ModelServerConfig  # noqa: E402
+from modelserver.serving.server import ModelServer, ModelServerConfig  # noqa: E402
+from modelserver.training.data import load_session  # noqa: E402
+from modelserver.training.ensemble import EnsembleConfig  # noqa: E402
 from wire.base import image_id  # noqa: E402
 from wire.errors import RequestTimeout  # noqa: E402
 from wire.model import (  # noqa: E402

@@ -29,9 +29,9 @@ sys.path.insert(0, str(REPO))
 from modelserver.cluster import RayCluster  # noqa: E402
 from modelserver.cluster.context import spec_of  # noqa: E402
 from modelserver.cluster.scoring import ClusterScored  # noqa: E402
-from modelserver.ensemble import DeepEnsemble, EnsembleConfig  # noqa: E402
-from modelserver.genctx import EnsembleView  # noqa: E402
+from modelserver.generate.context import EnsembleView  # noqa: E402
 from modelserver.generate.pool import ImagePool, build_pool, score_batches  # noqa: E402
+from modelserver.training.ensemble import DeepEnsemble, EnsembleConfig  # noqa: E402
 
 
 def timed(fn: Callable[[], torch.Tensor]) -> tuple[float, torch.Tensor]:

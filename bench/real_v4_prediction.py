@@ -25,12 +25,12 @@ import torch
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
-from modelserver.compact import find_compact_models, load_compact_model, preprocess  # noqa: E402
-from modelserver.data import load_images, load_responses_avg, load_responses_raw  # noqa: E402
-from modelserver.ensemble import DeepEnsemble, EnsembleConfig  # noqa: E402
-from modelserver.gabor import gabor_features  # noqa: E402
-from modelserver.metrics import explainable_variance, pearson_r, r2_er  # noqa: E402
-from modelserver.readouts import fit_ridge  # noqa: E402
+from modelserver.compact.model import find_compact_models, load_compact_model, preprocess  # noqa: E402
+from modelserver.training.data import load_images, load_responses_avg, load_responses_raw  # noqa: E402
+from modelserver.training.ensemble import DeepEnsemble, EnsembleConfig  # noqa: E402
+from modelserver.training.gabor import gabor_features  # noqa: E402
+from modelserver.training.metrics import explainable_variance, pearson_r, r2_er  # noqa: E402
+from modelserver.training.readouts import fit_ridge  # noqa: E402
 
 
 def main() -> None:

@@ -228,7 +228,7 @@ def heldout_trials(path: Path, block: str = "heldout") -> tuple[list[str], np.nd
 async def heldout_r2er(s: Session, session: str, path: Path) -> dict[str, Any]:
     """Noise-corrected R2 (Pospisil & Bair's r2_ER) of the model on the session's repeated held-out
     block, against the recorded repeats (the block was never trained on)."""
-    from modelserver.metrics import r2_er
+    from modelserver.training.metrics import r2_er
 
     ids, raw, pix = heldout_trials(path)
     if not ids or raw.shape[2] < 2:

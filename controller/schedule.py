@@ -104,7 +104,7 @@ def _load(path: Path, schedule: ScheduleProtocol, schedule_id: str, resume: bool
 async def heldout_metric(client: RpcClient, session_id: str, path: Path, block: str,
                          metric: Literal["r", "r2_er"]) -> dict[str, Any]:
     """Per neuron ``metric`` of the session's model on the session's held-out ``block`` (module docstring)."""
-    from modelserver.metrics import pearson_r, r2_er
+    from modelserver.training.metrics import pearson_r, r2_er
 
     ids, raw, pix = heldout_trials(path, block)
     if not ids:

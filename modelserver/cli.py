@@ -12,8 +12,8 @@ import numpy as np
 import torch
 import typer
 
-from modelserver.ensemble import EnsembleConfig
-from modelserver.server import ModelServer, ModelServerConfig, serve
+from modelserver.serving.server import ModelServer, ModelServerConfig, serve
+from modelserver.training.ensemble import EnsembleConfig
 
 app = typer.Typer(help="The cortexloop model server (datasets, ensemble, compact models).", no_args_is_help=True)
 
@@ -92,7 +92,7 @@ def ensemble_config(members: int, max_epochs: int, frontend: str, weights: Path 
                     input_size: int, autocast: bool) -> EnsembleConfig:
     """The serve flags as an :class:`EnsembleConfig`; a resnet50 weights file is checked (loaded) here,
     so a wrong file is one line at start, not a failed training job later."""
-    from modelserver.frontend import STAGES, load_resnet50
+    from modelserver.training.frontend import STAGES, load_resnet50
 
     if frontend not in ("pixels", "gabor", "resnet50"):
         raise ValueError(f"--frontend must be pixels, gabor or resnet50, not {frontend!r}")
@@ -113,7 +113,7 @@ def ensemble_config(members: int, max_epochs: int, frontend: str, weights: Path 
 @app.command("info")
 def info_cmd(data_dir: Path = typer.Option(Path("modelserver-data"))) -> None:
     """Show the training set's sessions and the saved model versions."""
-    from modelserver.dataset import TrainingSet
+    from modelserver.training.dataset import TrainingSet
 
     path = data_dir / "training_set.h5"
     if not path.exists():
@@ -149,7 +149,7 @@ def distill_cmd(
 
     Writes compact_model_<session>_neuron<k>.pt + .filters.npy per neuron and summary.json to --out.
     """
-    from modelserver.compress import (
+    from modelserver.compact.compress import (
         CompressConfig,
         check_out_dir,
         compress,
@@ -157,8 +157,8 @@ def distill_cmd(
         progress_printer,
         write_compact_models,
     )
-    from modelserver.dataset import TrainingSet
-    from modelserver.versions import read_version
+    from modelserver.serving.versions import read_version
+    from modelserver.training.dataset import TrainingSet
     from wire.errors import CortexloopError
 
     def fail(message: str) -> NoReturn:

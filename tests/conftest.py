@@ -17,6 +17,12 @@ from pathlib import Path
 import hypothesis  # noqa: F401  imported here, at a shallow stack: pytest rewrites it on first import,
 import pytest  # and CPython 3.11's AST checks can fail when that happens deep in the session's teardown
 
+if os.environ.get("PYTEST_XDIST_WORKER"):
+    # pytest-xdist: each worker (and every process it starts) gets one compute thread, so two workers
+    # share the cores instead of oversubscribing them (torch's default is one thread per core)
+    for _var in ("OMP_NUM_THREADS", "MKL_NUM_THREADS", "OPENBLAS_NUM_THREADS"):
+        os.environ.setdefault(_var, "1")
+
 REPO = Path(__file__).resolve().parents[1]
 V4_DIR = Path(os.environ.get("CORTEXLOOP_V4_DATA", REPO.parent / "shared" / "data" / "v4"))
 

@@ -1,7 +1,7 @@
 """Rate models: images -> firing rates (spikes/s) of a virtual population, usable in-process.
 
 * :class:`CompactModelRates`: the real V4 compact models of Cowley et al. (2023) (one per
-  recorded neuron; ``modelserver.compact``) of one recording session, the virtual rig's
+  recorded neuron; ``modelserver.compact.model``) of one recording session, the virtual rig's
   ground truth when the ``compact_models`` folder is given (needs torch).
 * :class:`GaborEnergyRates`: a synthetic population of Gabor-energy units (numpy only), so
   the rig runs anywhere.
@@ -28,7 +28,7 @@ from wire.errors import InvalidRequest, ModelError
 __all__ = ["CompactModelRates", "GaborEnergyRates", "RateModel", "RateScale", "compact_model_sessions",
            "evenly_spaced", "load_image_zip", "make_rate_model", "reference_images"]
 
-#: A published compact model's file name (as ``modelserver.compact`` reads them).
+#: A published compact model's file name (as ``modelserver.compact.model`` reads them).
 _MODEL_FILE = re.compile(r"compact_model_(?P<session>\w+?)_neuron(?P<neuron>\d+)\.pt$")
 
 
@@ -223,7 +223,7 @@ class CompactModelRates:
                  neurons: Sequence[int] | None = None) -> None:
         import torch
 
-        from modelserver.compact import find_compact_models, load_compact_model
+        from modelserver.compact.model import find_compact_models, load_compact_model
 
         sessions = compact_model_sessions(folder)
         if not sessions:
@@ -259,7 +259,7 @@ class CompactModelRates:
 
     def raw(self, images: np.ndarray) -> np.ndarray:
         """The models' own outputs (spike-count units up to offset and scale), (N, n_units)."""
-        from modelserver.compact import IMAGE_SIZE, preprocess
+        from modelserver.compact.model import IMAGE_SIZE, preprocess
 
         torch = self._torch
         a = _check_images(images)

@@ -27,12 +27,12 @@ def _cpu(x: Any) -> Any:
 
 
 def spec_of(ensemble: Any, session: str, members: bool) -> ModelSpec:
-    """A scorer's copy of one session of a :class:`~modelserver.ensemble.DeepEnsemble` (CPU tensors)."""
+    """A scorer's copy of one session of a :class:`~modelserver.training.ensemble.DeepEnsemble` (CPU tensors)."""
     return ModelSpec(_cpu(ensemble.export_state()), session, members)
 
 
 class ClusterGenerationContext:
-    """Wraps a :class:`~modelserver.genctx.ServerGenerationContext`: its ensemble views score pools
+    """Wraps a :class:`~modelserver.generate.context.ServerGenerationContext`: its ensemble views score pools
     on the cluster's scorer actors (created at the first request); other models stay in process."""
 
     def __init__(self, inner: Any, cluster: RayCluster) -> None:

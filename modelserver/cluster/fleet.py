@@ -1,5 +1,5 @@
 """Distillation fleets: the students split into groups, each group one batched
-:func:`~modelserver.distill.distill` (its shared trunk computed once per batch), the groups run as
+:func:`~modelserver.compact.distill.distill` (its shared trunk computed once per batch), the groups run as
 Ray tasks on a cluster or one after another in process (the same function, so the same students).
 
 The unlabeled pool (uint8) is put in the object store once for all groups; a group gets its rows
@@ -17,9 +17,9 @@ import numpy as np
 import torch
 
 from modelserver.cluster.runtime import RayCluster, import_ray
-from modelserver.compact import CompactModel
-from modelserver.distill import DistillConfig, DistillReport, distill, predict_students
-from modelserver.distill_stack import StackedCompact
+from modelserver.compact.distill import DistillConfig, DistillReport, distill, predict_students
+from modelserver.compact.distill_stack import StackedCompact
+from modelserver.compact.model import CompactModel
 
 __all__ = ["Fleet", "distill_fleet", "distill_group", "student_groups"]
 

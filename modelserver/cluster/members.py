@@ -1,6 +1,6 @@
 """Ensemble members one at a time: trained from (config, data arrays, seed), stacked into an ensemble.
 
-:func:`train_member` trains a one-member :class:`~modelserver.ensemble.DeepEnsemble` and returns
+:func:`train_member` trains a one-member :class:`~modelserver.training.ensemble.DeepEnsemble` and returns
 its state (tensors and plain data); :func:`fit_members` runs it once per member seed, as Ray tasks
 on a :class:`~modelserver.cluster.runtime.RayCluster` or one after another in process (the same
 function either way, so the same seeds give the same members), and :func:`stack_members` joins the
@@ -18,7 +18,7 @@ import numpy as np
 import torch
 
 from modelserver.cluster.runtime import RayCluster, import_ray
-from modelserver.ensemble import DeepEnsemble, EnsembleConfig, FitReport
+from modelserver.training.ensemble import DeepEnsemble, EnsembleConfig, FitReport
 
 __all__ = ["fit_members", "member_seeds", "member_state", "stack_members", "train_member"]
 

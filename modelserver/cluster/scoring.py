@@ -40,9 +40,9 @@ class ModelSpec:
 
 
 def build_model(spec: ModelSpec, device: str) -> nn.Module:
-    """The :class:`~modelserver.genctx.EnsembleView` the spec describes, on ``device``."""
-    from modelserver.ensemble import DeepEnsemble
-    from modelserver.genctx import EnsembleView
+    """The :class:`~modelserver.generate.context.EnsembleView` the spec describes, on ``device``."""
+    from modelserver.generate.context import EnsembleView
+    from modelserver.training.ensemble import DeepEnsemble
 
     ens = DeepEnsemble.from_state(spec.state, device)
     return EnsembleView(ens, spec.session, members=spec.members).eval()
@@ -60,7 +60,7 @@ class Scorer:
     def score(self, key: str, spec_ref: list[Any], images: np.ndarray, dtype: str = "float32") -> np.ndarray:
         """Model output for ``images`` (uint8 (n, S, S, 3)); ``spec_ref``: [ObjectRef of the ModelSpec],
         fetched only when this actor does not hold ``key`` yet."""
-        from modelserver.compact import preprocess
+        from modelserver.compact.model import preprocess
 
         model = self.models.get(key)
         if model is None:
@@ -202,7 +202,7 @@ class ClusterScored(nn.Module):
                      ) -> Iterator[tuple[int, torch.Tensor]]:
         """(start, output) per shard, from the scorer actors (here while member or fleet tasks run)."""
         def here(rows: Iterable[Shard]) -> Iterator[Shard]:
-            from modelserver.compact import preprocess
+            from modelserver.compact.model import preprocess
 
             with torch.no_grad():
                 for start, batch in rows:

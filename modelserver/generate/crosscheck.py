@@ -20,7 +20,7 @@ import torch
 from torch import nn
 from torch.nn import functional as F
 
-from modelserver.compact import preprocess
+from modelserver.compact.model import preprocess
 from modelserver.generate.maximize import StreamingTopK
 from modelserver.generate.models import ResponseModel
 from modelserver.generate.synthesize import SynthesisConfig, synthesize

@@ -13,7 +13,7 @@ from collections.abc import Sequence
 import numpy as np
 import torch
 
-from modelserver.compact import preprocess
+from modelserver.compact.model import preprocess
 from modelserver.generate.limits import StopCheck, stop_point
 from modelserver.generate.models import Generated, Pick, ResponseModel, check_neurons, model_name
 from wire.errors import InvalidRequest

@@ -18,7 +18,7 @@ import numpy as np
 import torch
 from torch import nn
 
-from modelserver.compact import CHANNEL_MEANS, CompactModel, find_compact_models, load_compact_model
+from modelserver.compact.model import CHANNEL_MEANS, CompactModel, find_compact_models, load_compact_model
 from wire.errors import InvalidRequest, NotFound
 
 

@@ -26,7 +26,7 @@ import numpy as np
 import torch
 from PIL import Image
 
-from modelserver.compact import IMAGE_SIZE, preprocess
+from modelserver.compact.model import IMAGE_SIZE, preprocess
 from modelserver.generate.models import ResponseModel
 from wire.base import image_id
 from wire.errors import InvalidRequest, NotFound

@@ -16,8 +16,8 @@ from controller.bus.fake import FakeBroker, FakeBus, FakeOperator
 from controller.busbridge import BusBridge
 from controller.engine import Engine
 from controller.modellink import ZmqModelLink
-from modelserver.ensemble import EnsembleConfig
-from modelserver.server import ModelServer, ModelServerConfig
+from modelserver.serving.server import ModelServer, ModelServerConfig
+from modelserver.training.ensemble import EnsembleConfig
 from protocols.steps import Retrain, RetrainResult
 from tests.controller.test_engine import run_session
 from wire.base import image_id

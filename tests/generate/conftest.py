@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 import torch
 
-from modelserver.compact import CompactModel, preprocess
+from modelserver.compact.model import CompactModel, preprocess
 from modelserver.generate.models import CompactStack
 from modelserver.generate.pool import build_pool
 

@@ -12,7 +12,7 @@ from modelserver.generate.crosscheck import cross_check, format_table, record
 from modelserver.generate.models import CompactStack
 from modelserver.generate.pool import natural_crops, package_sample_images, v4_images
 
-pytestmark = [pytest.mark.v4, pytest.mark.slow]
+pytestmark = [pytest.mark.v4, pytest.mark.slow, pytest.mark.timeout(900)]
 
 
 def test_fitted_model_picks_and_synthesizes_images_that_drive_ground_truth(v4_dir: Path) -> None:

@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 import torch
 
-from modelserver.compact import preprocess
+from modelserver.compact.model import preprocess
 from modelserver.generate.handlers import LocalGenerationContext, generation_handlers
 from modelserver.generate.models import CompactStack, perturbed_ensemble
 from modelserver.generate.pool import build_pool

@@ -10,7 +10,7 @@ import numpy as np
 import pytest
 import torch
 
-from modelserver.compact import preprocess
+from modelserver.compact.model import preprocess
 from modelserver.generate.active import active_pool, pairwise_rms, thumbnails
 from modelserver.generate.adversarial import adversarial
 from modelserver.generate.maximize import maximize_pool

@@ -11,13 +11,13 @@ import torch
 from typer.testing import CliRunner
 
 from modelserver.cli import app
-from modelserver.compact import find_compact_models, load_compact_model, preprocess
-from modelserver.compress import CompressConfig, compress, write_compact_models
-from modelserver.dataset import TrainingSet
-from modelserver.distill import make_pool, predict_students
-from modelserver.ensemble import DeepEnsemble, EnsembleConfig
-from modelserver.metrics import pearson_r
-from modelserver.versions import read_version, save_version
+from modelserver.compact.compress import CompressConfig, compress, write_compact_models
+from modelserver.compact.distill import make_pool, predict_students
+from modelserver.compact.model import find_compact_models, load_compact_model, preprocess
+from modelserver.serving.versions import read_version, save_version
+from modelserver.training.dataset import TrainingSet
+from modelserver.training.ensemble import DeepEnsemble, EnsembleConfig
+from modelserver.training.metrics import pearson_r
 from wire.base import image_id
 from wire.errors import NotFound
 

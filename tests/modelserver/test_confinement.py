@@ -17,9 +17,9 @@ import pytest
 import torch
 from PIL import Image
 
-from modelserver.ensemble import DeepEnsemble, EnsembleConfig, FitReport
-from modelserver.server import ModelServer, ModelServerConfig
-from modelserver.versions import save_version
+from modelserver.serving.server import ModelServer, ModelServerConfig
+from modelserver.serving.versions import save_version
+from modelserver.training.ensemble import DeepEnsemble, EnsembleConfig, FitReport
 from wire.errors import Forbidden, InvalidRequest, LimitExceeded, NotFound
 from wire.generate import GenBuildPool, GenMaximize, GenPoolInfo
 from wire.model import Exported, ExportVersion, Predict, Prediction

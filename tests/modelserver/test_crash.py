@@ -10,7 +10,7 @@ from pathlib import Path
 
 import numpy as np
 
-from modelserver.dataset import TrainingSet
+from modelserver.training.dataset import TrainingSet
 from wire.base import image_id
 from wire.model import Ingest, Ingested, JobStarted, Train, TrainProgress
 from wire.transport import EventSubscriber, RpcClient

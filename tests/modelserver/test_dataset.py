@@ -8,7 +8,7 @@ import h5py
 import numpy as np
 import pytest
 
-from modelserver.dataset import TrainingSet
+from modelserver.training.dataset import TrainingSet
 from wire.base import image_id
 from wire.errors import InvalidRequest, NotFound
 

@@ -20,16 +20,16 @@ import pytest
 import torch
 from torch.overrides import TorchFunctionMode
 
-from modelserver.compact import preprocess
-from modelserver.ensemble import DeepEnsemble, EnsembleConfig
-from modelserver.genctx import EnsembleView
+from modelserver.compact.model import preprocess
 from modelserver.generate.active import active_pool
 from modelserver.generate.adversarial import adversarial
+from modelserver.generate.context import EnsembleView
 from modelserver.generate.maximize import maximize_pool
 from modelserver.generate.pool import ImagePool, build_pool
 from modelserver.generate.smooth import smooth_images
 from modelserver.generate.synthesize import SynthesisConfig, synthesize
-from modelserver.metrics import pearson_r
+from modelserver.training.ensemble import DeepEnsemble, EnsembleConfig
+from modelserver.training.metrics import pearson_r
 from tests.conftest import require
 from tests.modelserver.test_resnet_e2e import colour_data, write_random_resnet50
 

@@ -8,8 +8,7 @@ import numpy as np
 import pytest
 import torch
 
-from modelserver.compact import CompactModel, find_compact_models, load_compact_model, preprocess
-from modelserver.distill import (
+from modelserver.compact.distill import (
     DistillConfig,
     StackedCompact,
     distill,
@@ -19,8 +18,9 @@ from modelserver.distill import (
     predict_students,
     teacher_targets,
 )
-from modelserver.distill_teacher import fold_compact
-from modelserver.prune import prune
+from modelserver.compact.distill_teacher import fold_compact
+from modelserver.compact.model import CompactModel, find_compact_models, load_compact_model, preprocess
+from modelserver.compact.prune import prune
 
 FILTERS = (4, 4, 3, 3, 3)
 
@@ -204,7 +204,7 @@ def test_shared_layer0_flag_still_means_one_layer0() -> None:
 @pytest.mark.slow
 def test_two_published_teachers_are_distilled_to_a_high_correlation(v4_dir: Path) -> None:
     """Two real V4 compact models as teachers: batched students reach a high r on unseen pool images."""
-    from modelserver.data import load_images
+    from modelserver.training.data import load_images
 
     torch.set_num_threads(1)
     teachers = [load_compact_model(p) for p in find_compact_models(v4_dir / "compact_models", "190923")[1:3]]

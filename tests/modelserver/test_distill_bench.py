@@ -12,8 +12,8 @@ import numpy as np
 import pytest
 import torch
 
-from modelserver.compact import find_compact_models, load_compact_model
-from modelserver.ensemble import DeepEnsemble, EnsembleConfig
+from modelserver.compact.model import find_compact_models, load_compact_model
+from modelserver.training.ensemble import DeepEnsemble, EnsembleConfig
 
 REPO = Path(__file__).resolve().parents[2]
 TINY = ["--pool", "64", "--heldout", "16", "--filters", "4,4,3,3,3", "--batch-size", "16", "--train-minutes",

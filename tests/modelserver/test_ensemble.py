@@ -8,11 +8,11 @@ import numpy as np
 import pytest
 import torch
 
-from modelserver.cores import StackedCore
-from modelserver.ensemble import DeepEnsemble, EnsembleConfig
-from modelserver.frontend import FrozenFrontend, ResNet50Trunk, load_resnet50
-from modelserver.losses import laplacian_penalty, poisson_loss
-from modelserver.metrics import pearson_r
+from modelserver.training.cores import StackedCore
+from modelserver.training.ensemble import DeepEnsemble, EnsembleConfig
+from modelserver.training.frontend import FrozenFrontend, ResNet50Trunk, load_resnet50
+from modelserver.training.losses import laplacian_penalty, poisson_loss
+from modelserver.training.metrics import pearson_r
 
 
 def _synthetic(n: int, neurons: int, seed: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:

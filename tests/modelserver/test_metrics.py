@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from modelserver.metrics import explainable_variance, naive_r2, noise_variance, pearson_r, r2_er
+from modelserver.training.metrics import explainable_variance, naive_r2, noise_variance, pearson_r, r2_er
 
 
 def _simulate(rng: np.random.Generator, sims: int, m: int, noise_sd: float, max_rep: int,

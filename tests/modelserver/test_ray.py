@@ -15,13 +15,13 @@ from modelserver.cluster.context import spec_of
 from modelserver.cluster.fleet import distill_fleet
 from modelserver.cluster.members import fit_members, train_member
 from modelserver.cluster.scoring import ClusterScored, ShardScorer
-from modelserver.distill import DistillConfig
-from modelserver.ensemble import DeepEnsemble, EnsembleConfig
-from modelserver.genctx import EnsembleView
+from modelserver.compact.distill import DistillConfig
 from modelserver.generate.active import active_pool
+from modelserver.generate.context import EnsembleView
 from modelserver.generate.maximize import maximize_pool
 from modelserver.generate.pool import ImagePool, build_pool, score_batches
-from modelserver.server import ModelServer, ModelServerConfig
+from modelserver.serving.server import ModelServer, ModelServerConfig
+from modelserver.training.ensemble import DeepEnsemble, EnsembleConfig
 from wire.base import image_id
 from wire.generate import GenActive, GenImages, GenMaximize
 from wire.model import Ingest, Ingested, JobStarted, Train, TrainDone, TrainProgress

@@ -16,10 +16,10 @@ from typer.testing import CliRunner
 
 from controller.config import ModelConfig
 from modelserver.cli import app, ensemble_config
-from modelserver.frontend import ResNet50Trunk, load_resnet50
 from modelserver.generate.pool import build_pool
-from modelserver.metrics import pearson_r
-from modelserver.server import ModelServer, ModelServerConfig
+from modelserver.serving.server import ModelServer, ModelServerConfig
+from modelserver.training.frontend import ResNet50Trunk, load_resnet50
+from modelserver.training.metrics import pearson_r
 from wire.base import image_id
 from wire.generate import GenActive, GenAdversarial, GenImages, GenMaximize, GenSynthesize
 from wire.model import Ingest, Ingested, JobStarted, Predict, Prediction, Train, TrainDone, TrainProgress

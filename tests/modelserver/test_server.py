@@ -8,8 +8,8 @@ import numpy as np
 import pytest
 import torch
 
-from modelserver.ensemble import EnsembleConfig
-from modelserver.server import ModelServer, ModelServerConfig
+from modelserver.serving.server import ModelServer, ModelServerConfig
+from modelserver.training.ensemble import EnsembleConfig
 from wire.base import image_id
 from wire.errors import Busy, InvalidRequest, ModelError, NotFound
 from wire.model import (

@@ -2,7 +2,7 @@
 
 Quadrature pairs of Gabor filters (orientations x spatial frequencies) on the luminance image,
 energy ``sqrt(even^2 + odd^2)``, average-pooled on a coarse grid, plus the pooled colour
-channels; a ridge readout (:func:`modelserver.readouts.fit_ridge`) maps them to responses.
+channels; a ridge readout (:func:`modelserver.training.readouts.fit_ridge`) maps them to responses.
 """
 
 from __future__ import annotations
@@ -14,7 +14,7 @@ import numpy as np
 import torch
 from torch.nn import functional as F
 
-from modelserver.compact import CHANNEL_MEANS
+from modelserver.compact.model import CHANNEL_MEANS
 
 __all__ = ["GaborFrontend", "gabor_bank", "gabor_features"]
 

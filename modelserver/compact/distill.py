@@ -3,13 +3,13 @@
 A teacher (the ensemble, the published compact models, any ``images -> (neurons, images)``
 function) labels a large pool of unlabeled images: natural crops of recorded images, their
 "gaudy" versions (each colour channel pushed to 0 or 255 about its mean) and noise. Students
-have the 5-layer separable architecture of :mod:`modelserver.compact`; all of them train in one
-batched computation (:class:`~modelserver.distill_stack.StackedCompact`: grouped convolutions
+have the 5-layer separable architecture of :mod:`modelserver.compact.model`; all of them train in one
+batched computation (:class:`~modelserver.compact.distill_stack.StackedCompact`: grouped convolutions
 with a leading model axis, optionally a shared trunk computed once per batch), not a Python loop
 over neurons. A factorized readout (space x channels, ``readout_rank``) regularizes ``Beta``
 while training and is stored dense afterwards. Per-model channel masks let
-:mod:`modelserver.prune` remove filters from each student independently, and
-:meth:`StackedCompact.export` writes a normal :class:`~modelserver.compact.CompactModel` with
+:mod:`modelserver.compact.prune` remove filters from each student independently, and
+:meth:`StackedCompact.export` writes a normal :class:`~modelserver.compact.model.CompactModel` with
 only the kept filters.
 """
 
@@ -23,10 +23,10 @@ import numpy as np
 import torch
 from torch.nn import functional as F
 
-from modelserver.compact import IMAGE_SIZE, preprocess
-from modelserver.distill_stack import StackedCompact
-from modelserver.distill_teacher import teacher_targets
-from modelserver.metrics import pearson_r
+from modelserver.compact.distill_stack import StackedCompact
+from modelserver.compact.distill_teacher import teacher_targets
+from modelserver.compact.model import IMAGE_SIZE, preprocess
+from modelserver.training.metrics import pearson_r
 
 __all__ = ["DistillConfig", "DistillReport", "StackedCompact", "distill", "evaluate", "gaudy", "make_pool",
            "one_cycle", "predict_students", "teacher_targets"]

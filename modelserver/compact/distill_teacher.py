@@ -1,6 +1,6 @@
 """Fast labelling of images by published compact models (the distillation teachers).
 
-A :class:`~modelserver.compact.CompactModel` in inference mode is folded once: each batch norm
+A :class:`~modelserver.compact.model.CompactModel` in inference mode is folded once: each batch norm
 goes into the convolution before it, and ReLUs run in place. On a CPU the unfolded model spends
 most of its time in memory-bound batch-norm, ReLU and padding passes over the full-resolution
 layer-0 activity; folded, and in small batches that stay in cache, it labels about 3x faster, and
@@ -17,7 +17,7 @@ import torch
 from torch import nn
 from torch.nn import functional as F
 
-from modelserver.compact import MAP_SIZE, CompactModel, preprocess
+from modelserver.compact.model import MAP_SIZE, CompactModel, preprocess
 
 __all__ = ["FoldedCompact", "fold_compact", "teacher_targets"]
 

@@ -1,7 +1,7 @@
 """Many compact students in one batched computation, with an optional shared trunk.
 
 :class:`StackedCompact` holds ``n`` students of the 5-layer separable architecture of
-:mod:`modelserver.compact`. Every parameter has a leading student axis; the students' activity is
+:mod:`modelserver.compact.model`. Every parameter has a leading student axis; the students' activity is
 stacked along the channel axis, ``(B, n*C, H, W)`` in channels-last memory, so one grouped
 convolution (groups = students) runs a layer for all of them.
 
@@ -28,8 +28,8 @@ import torch
 from torch import nn
 from torch.nn import functional as F
 
-from modelserver.compact import MAP_SIZE, CompactModel
-from modelserver.cores import StackedBatchNorm, StackedConv
+from modelserver.compact.model import MAP_SIZE, CompactModel
+from modelserver.training.cores import StackedBatchNorm, StackedConv
 
 __all__ = ["Act", "StackedCompact"]
 

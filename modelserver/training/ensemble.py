@@ -1,13 +1,13 @@
 """A deep ensemble of small CNNs predicting V4 responses (Cowley et al. 2023).
 
-M members (separable convolutions with skip connections, :mod:`modelserver.cores`) share one
+M members (separable convolutions with skip connections, :mod:`modelserver.training.cores`) share one
 batched computation; each recorded session gets its own readout, since neurons are not matched
 across sessions. Members are trained on the same batches but from different initialisations;
 each keeps its own best weights (early stopping on held-out images), and the ensemble predicts
 the mean of its members.
 
 The input is either the pixels (a trainable core, the default: no pretrained weights can be
-downloaded) or the frozen features of a pretrained front end (:mod:`modelserver.frontend`).
+downloaded) or the frozen features of a pretrained front end (:mod:`modelserver.training.frontend`).
 """
 
 from __future__ import annotations
@@ -26,13 +26,13 @@ import torch
 from torch import nn
 from torch.nn import functional as F
 
-from modelserver.compact import CHANNEL_MEANS
-from modelserver.cores import StackedCore
-from modelserver.frontend import FrozenFrontend, resnet_frontend
-from modelserver.gabor import GaborFrontend
-from modelserver.losses import gaussian_loss, laplacian_penalty, poisson_loss
-from modelserver.metrics import pearson_r
-from modelserver.readouts import FactorizedReadout, RidgeReadout, fit_ridge
+from modelserver.compact.model import CHANNEL_MEANS
+from modelserver.training.cores import StackedCore
+from modelserver.training.frontend import FrozenFrontend, resnet_frontend
+from modelserver.training.gabor import GaborFrontend
+from modelserver.training.losses import gaussian_loss, laplacian_penalty, poisson_loss
+from modelserver.training.metrics import pearson_r
+from modelserver.training.readouts import FactorizedReadout, RidgeReadout, fit_ridge
 
 log = logging.getLogger(__name__)
 

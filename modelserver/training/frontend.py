@@ -4,7 +4,7 @@
 the same ``state_dict`` keys, so a user's local ImageNet weights file (e.g. torchvision's
 ``resnet50-*.pth``) loads with ``torch.load(weights_only=True)``; the trunk stops after a
 configurable stage (``layer1`` .. ``layer4``). Nothing is downloaded: without a weights file
-the ensemble uses its own trainable convolutional core (:mod:`modelserver.cores`) instead.
+the ensemble uses its own trainable convolutional core (:mod:`modelserver.training.cores`) instead.
 
 :class:`FrozenFrontend` runs the trunk in inference mode on the configured device and, for
 training, caches each image's features by content id (:func:`wire.base.image_id`) on that device,

@@ -1,16 +1,16 @@
 """The model server: one dispatch table over ``wire.model`` commands.
 
-* ``ingest`` appends to the persistent :class:`~modelserver.dataset.TrainingSet` (flushed before
+* ``ingest`` appends to the persistent :class:`~modelserver.training.dataset.TrainingSet` (flushed before
   the reply, so an acknowledged ingest survives a SIGKILL);
 * ``train`` starts a background job (a worker thread: torch releases the GIL) that fits the
-  :class:`~modelserver.ensemble.DeepEnsemble` and publishes ``TrainProgress`` / ``TrainDone``
+  :class:`~modelserver.training.ensemble.DeepEnsemble` and publishes ``TrainProgress`` / ``TrainDone``
   events; ``status`` and ``predict`` keep answering meanwhile, from the current version;
 * every finished job is saved as a model version (``versions/<id>.pt``, tensors only), which
   can be listed, loaded and exported.
 
 Image-generation commands plug in through ``extra_handlers`` (a dict CommandClass -> async
 handler); at start the server adds ``modelserver.generate.handlers.generation_handlers`` over a
-``modelserver.genctx.ServerGenerationContext`` where those modules exist (``generate=False`` to skip).
+``modelserver.generate.context.ServerGenerationContext`` where those modules exist (``generate=False`` to skip).
 """
 
 from __future__ import annotations
@@ -29,11 +29,9 @@ from typing import Any
 import numpy as np
 import torch
 
-from modelserver.dataset import TrainingSet
-from modelserver.ensemble import DeepEnsemble, EnsembleConfig
 from modelserver.generate.confine import file_in, plain_name
 from modelserver.generate.limits import RequestLimits
-from modelserver.versions import (
+from modelserver.serving.versions import (
     latest_version,
     load_version,
     save_version,
@@ -41,6 +39,8 @@ from modelserver.versions import (
     version_path,
     write_atomic,
 )
+from modelserver.training.dataset import TrainingSet
+from modelserver.training.ensemble import DeepEnsemble, EnsembleConfig
 from wire.base import Message
 from wire.codec import DEFAULT_MAX_BYTES
 from wire.errors import Busy, Forbidden, InvalidRequest, ModelError, NotFound
@@ -136,11 +136,12 @@ class ModelServer:
             self._load(latest)
 
     def _register_generate(self) -> None:
-        """The ``gen.*`` commands over this server's own models (``modelserver.genctx``)."""
-        from modelserver.genctx import ServerGenerationContext
+        """The ``gen.*`` commands over this server's own models (``modelserver.generate.context``)."""
+        from modelserver.generate.context import ServerGenerationContext
         from modelserver.generate.handlers import generation_handlers
 
-        ctx: Any = ServerGenerationContext(self, self.config.v4_dir)
+        ctx: Any = ServerGenerationContext(self.device, self.data_dir, lambda: self.model, self._read_version,
+                                           self.config.v4_dir)
         if self.cluster is not None:  # pool scoring on the cluster's scorer actors
             from modelserver.cluster.context import ClusterGenerationContext
 
@@ -395,7 +396,7 @@ class ModelServer:
         return fit_members(cfg, data, self.cluster, device=str(self.device), warm=start, progress=progress,
                            should_stop=self._cancel.is_set)
 
-    # --- versions (stored as modelserver.versions reads and writes them) ----------------------
+    # --- versions (stored as modelserver.serving.versions reads and writes them) ----------------------
     def _save_version(self, model: DeepEnsemble, report: Any) -> str:
         return save_version(self.versions_dir, model, report)
 

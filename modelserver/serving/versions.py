@@ -1,6 +1,6 @@
 """The model versions of a server's data folder (``versions/<id>.pt`` + ``<id>.json``) and atomic writes.
 
-Read and written by the server, ``cortexloop modelserver distill`` and :mod:`modelserver.compress`;
+Read and written by the server, ``cortexloop modelserver distill`` and :mod:`modelserver.compact.compress`;
 each file goes to a temporary name first and is renamed into place, so a crash never leaves a
 half-written one.
 """
@@ -19,7 +19,7 @@ from typing import Any
 import numpy as np
 import torch
 
-from modelserver.ensemble import DeepEnsemble, FitReport
+from modelserver.training.ensemble import DeepEnsemble, FitReport
 from wire.errors import InvalidRequest, NotFound
 from wire.model import VersionInfo
 

@@ -1,17 +1,17 @@
 """Turning a trained ensemble version into compact models, one per neuron of a session.
 
 The pipeline of ``bench/distill_bench.py`` as a library call: an unlabeled pool
-(:func:`~modelserver.distill.make_pool`: crops, gaudy crops and noise made from the given base
+(:func:`~modelserver.compact.distill.make_pool`: crops, gaudy crops and noise made from the given base
 images) is labelled by the teacher (any ``uint8 (K, 112, 112, 3) -> (neurons, K)`` callable, e.g.
 an ensemble's predictions for one session), students are distilled batched, pruned by RAR
-(:func:`~modelserver.prune.prune`, layer 0 jointly while the trunk shares layer 1) down to
+(:func:`~modelserver.compact.prune.prune`, layer 0 jointly while the trunk shares layer 1) down to
 ``min_r + margin`` on half of the held-out pool images, and fine-tuned with their masks fixed.
 The other half of the held-out images (used neither for training nor pruning) measures each
 student's r with its teacher after every stage.
 
 :func:`write_compact_models` writes the students in the published layout
 (``compact_model_<session>_neuron<k>.pt`` + ``.filters.npy``, read by
-:func:`~modelserver.compact.load_compact_model`) plus ``summary.json``; every file is written to a
+:func:`~modelserver.compact.model.load_compact_model`) plus ``summary.json``; every file is written to a
 temporary name and renamed, so a crash never leaves a half-written file.
 """
 
@@ -31,11 +31,11 @@ from typing import Any
 import numpy as np
 import torch
 
-from modelserver.compact import find_compact_models
-from modelserver.distill import DistillConfig, StackedCompact, distill, evaluate, make_pool
-from modelserver.distill_stack import UNITS
-from modelserver.prune import prune
-from modelserver.versions import write_atomic
+from modelserver.compact.distill import DistillConfig, StackedCompact, distill, evaluate, make_pool
+from modelserver.compact.distill_stack import UNITS
+from modelserver.compact.model import find_compact_models
+from modelserver.compact.prune import prune
+from modelserver.serving.versions import write_atomic
 
 __all__ = ["CompressConfig", "CompressReport", "Progress", "Teacher", "check_out_dir", "compress", "format_report",
            "progress_printer",

@@ -2,11 +2,11 @@
 
 For each layer, deepest first: try removing each remaining filter, keep the removal that costs
 the least accuracy (correlation with the teacher on held-out images), and repeat until the next
-removal would fall below the tolerance. All students of a :class:`~modelserver.distill.StackedCompact`
+removal would fall below the tolerance. All students of a :class:`~modelserver.compact.distill.StackedCompact`
 are pruned at once: trying "filter j of layer L" masks that filter in every student in one
 forward pass, and each student then takes its own decision. Layer L's activity is cached while
 layer L is pruned, so a candidate costs only the layers above it; on a shared trunk a candidate's
-mask stays pending until the students' computations split (see :mod:`modelserver.distill_stack`).
+mask stays pending until the students' computations split (see :mod:`modelserver.compact.distill_stack`).
 """
 
 from __future__ import annotations
@@ -17,10 +17,10 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 
-from modelserver.compact import preprocess
-from modelserver.distill import StackedCompact
-from modelserver.distill_stack import Act
-from modelserver.metrics import pearson_r
+from modelserver.compact.distill import StackedCompact
+from modelserver.compact.distill_stack import Act
+from modelserver.compact.model import preprocess
+from modelserver.training.metrics import pearson_r
 
 __all__ = ["PruneReport", "prune"]
 

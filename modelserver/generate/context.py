@@ -1,7 +1,7 @@
 """The modelserver's generation context: its trained ensembles as the generators' models.
 
 Generators (``modelserver.generate``) take *preprocessed* 112x112 images (raw RGB minus the
-channel means, ``modelserver.compact.preprocess``) and a model mapping them to (N, neurons), or
+channel means, ``modelserver.compact.model.preprocess``) and a model mapping them to (N, neurons), or
 an ensemble mapping them to (members, N, neurons). The ensemble reads its own input (scaled and
 resized pixels, Gabor channels, or the frozen ResNet50 trunk's features computed on the fly);
 :class:`EnsembleView` does that conversion differentiably on the ensemble's device, so gradient
@@ -13,20 +13,17 @@ Model ids name a session's neurons in a model version: ``"<session>"`` (the curr
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from pathlib import Path
-from typing import TYPE_CHECKING
 
 import numpy as np
 import torch
 from torch.nn import functional as F
 
-from modelserver.compact import CHANNEL_MEANS
-from modelserver.ensemble import DeepEnsemble
+from modelserver.compact.model import CHANNEL_MEANS
 from modelserver.generate.handlers import natural_images, pool_file
+from modelserver.training.ensemble import DeepEnsemble
 from wire.errors import NotFound
-
-if TYPE_CHECKING:
-    from modelserver.server import ModelServer
 
 
 class EnsembleView(torch.nn.Module):
@@ -62,23 +59,32 @@ class EnsembleView(torch.nn.Module):
 
 
 class ServerGenerationContext:
-    """:class:`modelserver.generate.handlers.GenerationContext` over a running ModelServer."""
+    """:class:`modelserver.generate.handlers.GenerationContext` over a server's model versions.
 
-    def __init__(self, server: ModelServer, v4_dir: Path | None = None) -> None:
-        self.server = server
-        self.device: torch.device | str = server.device
+    The server passes what it reads its models with (it is not imported here, so the server can
+    import this module without a cycle): ``current()``, the model now served (None before the
+    first training), and ``read_version(id)``, one saved version on the server's device.
+    """
+
+    def __init__(self, device: torch.device | str, data_dir: Path,
+                 current: Callable[[], DeepEnsemble | None], read_version: Callable[[str], DeepEnsemble],
+                 v4_dir: Path | None = None) -> None:
+        self.device: torch.device | str = device
+        self.current = current
+        self.read_version = read_version
         self.v4_dir = v4_dir
-        self.pool_dir = Path(server.data_dir) / "pools"
+        self.pool_dir = Path(data_dir) / "pools"
         self.pool_dir.mkdir(parents=True, exist_ok=True)
 
     def _ensemble(self, model_id: str) -> tuple[DeepEnsemble, str]:
         version, _, session = model_id.rpartition("/")
         if version:
-            ens = self.server._read_version(version)
+            ens = self.read_version(version)
         else:
-            if self.server.model is None:
+            current = self.current()
+            if current is None:
                 raise NotFound("no model has been trained yet")
-            ens = self.server.model
+            ens = current
         return ens, session
 
     def response_model(self, model_id: str) -> EnsembleView:

@@ -85,7 +85,7 @@ def fit_ridge(x: np.ndarray, y: np.ndarray, x_val: np.ndarray, y_val: np.ndarray
 
 
 def _median_r(pred: np.ndarray, y: np.ndarray) -> float:
-    from modelserver.metrics import pearson_r
+    from modelserver.training.metrics import pearson_r
 
     r = pearson_r(pred.T, np.asarray(y, np.float64).T)
     return float(np.nanmedian(r)) if np.any(np.isfinite(r)) else -1.0

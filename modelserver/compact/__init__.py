@@ -1,0 +1,1 @@
+"""Compact models: the compact architecture, distillation from an ensemble, pruning, and the compress pipeline."""

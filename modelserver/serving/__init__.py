@@ -1,0 +1,1 @@
+"""The server: the ZeroMQ dispatch over ``wire.model`` commands and its saved model versions."""

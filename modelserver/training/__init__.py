@@ -1,0 +1,1 @@
+"""Training the response models: data, the training set, cores, readouts, losses, front ends, the ensemble, metrics."""
