@@ -104,6 +104,7 @@ class ZmqModelLink:
         self.matched: dict[int, tuple[str, int]] = {}
         self.version: str | None = None
         self._pool_ready = False
+        self._pool_lock = asyncio.Lock()
         #: images ingested or picked in this session: active learning never picks them again
         self._seen: set[str] = set()
         #: base images drawn for adversarial/smooth requests, by id (a paired request reuses them)
@@ -220,10 +221,11 @@ class ZmqModelLink:
 
     # -- generate -----------------------------------------------------------------------------------
     async def _ensure_pool(self) -> None:
-        if not self._pool_ready:
-            await self.client.request(GenBuildPool(pool=self.pool, crops=self.pool_crops), GenPoolInfo,
-                                      timeout=600.0)
-            self._pool_ready = True
+        async with self._pool_lock:  # concurrent generate steps (prefetch) build the pool once
+            if not self._pool_ready:
+                await self.client.request(GenBuildPool(pool=self.pool, crops=self.pool_crops), GenPoolInfo,
+                                          timeout=600.0)
+                self._pool_ready = True
 
     async def generate(self, step: GenerateImages, seed: int) -> Generated:
         await self._reachable()

@@ -18,6 +18,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import itertools
+import uuid
 from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -275,7 +276,8 @@ def generation_handlers(ctx: GenerationContext, *, image_roots: Sequence[Path] |
                 parts.append(natural_crops(ctx.natural_sources(), cmd.crops, seed=cmd.seed))
             if not parts:
                 raise InvalidRequest("a pool needs folders or crops > 0")
-            tmp = path.with_suffix(".h5.partial")
+            # each build its own partial file: two requests for one pool never write one file
+            tmp = path.with_name(f"{path.stem}.{uuid.uuid4().hex[:8]}.h5.partial")
             try:
                 size = build_pool(tmp, stoppable(itertools.chain(*parts), stop, "gen.build_pool"),
                                   gaudy_versions=cmd.gaudy,
