@@ -118,7 +118,12 @@ def _pair_ci(test: np.ndarray, ref: np.ndarray, rng: np.random.Generator) -> lis
         return [float("nan"), float("nan")]
     t = test[rng.integers(0, len(test), size=(_BOOT, len(test)))].mean(1)
     r = ref[rng.integers(0, len(ref), size=(_BOOT, len(ref)))].mean(1)
-    lo, hi = np.percentile(100 * (t - r) / r, [2.5, 97.5])
+    with np.errstate(divide="ignore", invalid="ignore"):  # a resample of silent base images: no ratio
+        ratio = 100 * (t - r) / r
+    ok = ratio[np.isfinite(ratio)]
+    if ok.size < 0.95 * len(ratio):
+        return [float("nan"), float("nan")]
+    lo, hi = np.percentile(ok, [2.5, 97.5])
     return [round(float(lo), 1), round(float(hi), 1)]
 
 
