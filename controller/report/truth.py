@@ -67,7 +67,7 @@ def learning_figure(summary: dict[str, Any], out: Path) -> str | None:
         else:
             x = np.arange(len(sessions))
             ax.bar(x - 0.2, active, 0.4, label="active-learning picks")
-            ax.bar(x + 0.2, random, 0.4, label="random picks (replay --policy random)")
+            ax.bar(x + 0.2, random, 0.4, label="random pool picks in their place (same sessions, run live)")
             ax.set_xticks(x, [str(s.get("session", k)) for k, s in enumerate(sessions)], fontsize=7)
             ax.set_title("does the loop help? held-out median r", fontsize=9)
         ax.set_ylabel("median r vs ground truth")
