@@ -200,7 +200,7 @@ async def run_demo(data: Path | None, out: Path, *, sessions: int | None = None,
                       neurons=_spec(neurons) if neurons else f"0-{settings.neurons - 1}")
     if state_path(out, "demo").exists():
         raise StoreError(f"{out} already holds a demo run ({state_path(out, 'demo')}): choose another --out")
-    scorer = _Scorer(settings, console, summary)
+    scorer = _Scorer(settings, console, summary, compare)
     with SessionProgress(console) as progress:
         day = await run_schedule(demo_schedule(settings), cfg.model_copy(update={"session_id": "demo"}),
                                  after_session=scorer.after, on_status=progress.update)
@@ -250,8 +250,8 @@ def demo_schedule(settings: DemoSettings, *, strategy: str = "ensemble_variance"
 class _Scorer:
     """Scores each session of the demo's schedules on the ground truth while its parts are up."""
 
-    def __init__(self, settings: DemoSettings, console: Console, summary: Summary) -> None:
-        self.settings, self.console, self.summary = settings, console, summary
+    def __init__(self, settings: DemoSettings, console: Console, summary: Summary, compare: bool = True) -> None:
+        self.settings, self.console, self.summary, self.compare = settings, console, summary, compare
         self.truth_held: np.ndarray | None = None
         self.random_k = 0
 
@@ -284,13 +284,14 @@ class _Scorer:
             self.console.print(f"{sid} (random picks): held-out median r {score['median_r']:.3f}")
             return {"median_r": score["median_r"]}
         score.update(await heldout_r2er(s, model_session(sid), s.path))
-        score["no_shared_core"] = await self._alone(s, sid)
+        score["no_shared_core"] = await self._alone(s, sid) if self.compare else {"median_r": None}
         self.summary.sessions.append({"session": sid, "file": str(s.path), "exit": stop.exit_status,
                                       "trials": stop.n_trials, **score})
         r2 = score.get("r2_er_median")
         self.console.print(f"{sid}: {stop.n_trials} trials; held-out median r vs ground truth "
-                           f"{score['median_r']:.3f} (without the shared core "
-                           f"{score['no_shared_core']['median_r']:.3f})" + ("" if r2 is None else f"; r2_ER {r2:.3f}"))
+                           f"{score['median_r']:.3f}" + ("" if not self.compare else
+                           f" (without the shared core {score['no_shared_core']['median_r']:.3f})")
+                           + ("" if r2 is None else f"; r2_ER {r2:.3f}"))
         return {"median_r": score["median_r"]}
 
     async def _alone(self, s: Session, sid: str) -> dict[str, Any]:
