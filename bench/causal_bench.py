@@ -17,7 +17,8 @@ randomly chosen V4 images, with the ensemble's median r against GT on 200 held-o
 
 Variants: ``plain`` is the synthesis before issue 16 (no ensemble agreement, no jitter),
 ``default`` the current :class:`SynthesisConfig` defaults, ``pool`` the defaults started from
-each neuron's top pool images; ``--set`` overrides a setting in every variant.
+each neuron's top pool images, ``poolstart`` the settings the modelserver uses from the pool
+(``wire.generate.POOL_START_SYNTHESIS``); ``--set`` overrides a setting in every variant.
 """
 
 from __future__ import annotations
@@ -40,6 +41,7 @@ from modelserver.generate.pool import gaudy, natural_crops, package_sample_image
 from modelserver.generate.synthesize import SynthesisConfig, synthesize  # noqa: E402
 from modelserver.training.ensemble import DeepEnsemble, EnsembleConfig  # noqa: E402
 from virtualrig.rates import CompactModelRates, evenly_spaced, load_image_zip  # noqa: E402
+from wire.generate import POOL_START_SYNTHESIS  # noqa: E402
 
 SESSION = "190923"
 WINDOW_S = 0.1
@@ -47,6 +49,7 @@ VARIANTS: dict[str, dict[str, Any]] = {
     "plain": {"spread_weight": 0.0, "jitter": 0, "scale_jitter": 0.0},
     "default": {},
     "pool": {},  # the defaults, started from the top pool images
+    "poolstart": dict(POOL_START_SYNTHESIS),  # what the modelserver runs from the pool (wire.generate)
 }
 
 
@@ -125,7 +128,7 @@ def run_set(neurons: list[int], args: argparse.Namespace, lib: np.ndarray, pool:
     for name in args.variant:
         settings = {**VARIANTS[name], **args.overrides, "steps": args.steps}
         cfg = dataclasses.replace(SynthesisConfig(), **settings)
-        init = pool[top.reshape(-1)] if name == "pool" else None
+        init = pool[top.reshape(-1)] if name.startswith("pool") else None
         model = members_view if cfg.spread_weight > 0 else mean_view
         ts = time.perf_counter()
         gen = synthesize(model, list(range(len(neurons))), per_neuron=args.k, seed=args.seed, config=cfg,

@@ -41,6 +41,7 @@ from wire.base import image_id
 from wire.documents import PickDoc, ResponseDoc, TrialDoc
 from wire.errors import InvalidRequest, ModelError, RequestTimeout, ServerUnavailable
 from wire.generate import (
+    POOL_START_SYNTHESIS,
     GenActive,
     GenAdversarial,
     GenBuildPool,
@@ -107,6 +108,7 @@ class ZmqModelLink:
         self._pool_lock = asyncio.Lock()
         #: images ingested or picked in this session: active learning never picks them again
         self._seen: set[str] = set()
+        self._last_smooth: tuple[tuple[object, ...], GenImages] | None = None
         #: base images drawn for adversarial/smooth requests, by id (a paired request reuses them)
         self._base_pixels: dict[str, np.ndarray] = {}
 
@@ -244,9 +246,10 @@ class ZmqModelLink:
             from_pool = p.init == "pool"  # from each neuron's best pool images, in small steps (docs/generation.md)
             if from_pool:
                 await self._ensure_pool()
+            start = POOL_START_SYNTHESIS if from_pool else {}
             return await self._per_model(step, p.neurons, lambda model, ns: GenSynthesize(
                 model=model, neurons=ns, per_neuron=n, steps=p.steps, seed=seed,
-                pool=self.pool if from_pool else None, step_size=1.0 if from_pool else 3.0))
+                pool=self.pool if from_pool else None).model_copy(update=start))
         elif isinstance(p, AdversarialParams | SmoothParams):
             return await self._paired(step, p, n, seed)
         elif isinstance(p, DotsParams):
@@ -324,10 +327,11 @@ class ZmqModelLink:
             cmd: GenAdversarial | GenSmooth
             if isinstance(p, AdversarialParams):  # epsilon: an L2 budget in 0..1 pixel units
                 cmd = GenAdversarial(model=model, neurons=neurons, base_images=images, direction=p.direction,
-                                     max_l2=p.epsilon * 255.0, steps=p.steps)
+                                     max_l2=p.epsilon * 255.0, max_abs=p.max_abs, blur=p.blur, steps=p.steps)
             else:
-                cmd = GenSmooth(model=model, neurons=neurons, base_images=images, sigma=p.sigma, seed=seed)
-            reply = await self.client.request(cmd, GenImages, timeout=_rpc_timeout(step))
+                cmd = GenSmooth(model=model, neurons=neurons, base_images=images, sigma=p.sigma, seed=seed,
+                                grid=p.grid, max_patches=p.max_patches, shortlist=p.shortlist)
+            reply = await self._paired_reply(cmd, step)
             if isinstance(p, SmoothParams) and p.mode == "random":
                 if reply.controls is None:
                     raise ModelError("the modelserver sent no random-smoothing controls")
@@ -340,6 +344,20 @@ class ZmqModelLink:
         first = _merge(parts)
         base_ids = [str(pk.details.get("source", "")).removeprefix("base:") for pk in first.picks]
         return Generated(first.result.model_copy(update={"base_ids": base_ids}), first.pixels, first.picks)
+
+    async def _paired_reply(self, cmd: GenAdversarial | GenSmooth, step: GenerateImages) -> GenImages:
+        """The modelserver's reply; a smooth request repeated with the same inputs (the smooth-
+        protocol asks for the smoothed images, then for their random controls) reuses the last
+        reply, which carries both, instead of running the greedy search twice. The seed (which
+        only draws the controls' random patches) is left out of the match: the controls are those
+        of the first request."""
+        if not isinstance(cmd, GenSmooth):
+            return await self.client.request(cmd, GenImages, timeout=_rpc_timeout(step))
+        key = (cmd.model, tuple(cmd.neurons), tuple(image_id(b) for b in cmd.base_images), cmd.sigma,
+               cmd.grid, cmd.max_patches, cmd.shortlist, cmd.target_drop)
+        if self._last_smooth is None or self._last_smooth[0] != key:
+            self._last_smooth = (key, await self.client.request(cmd, GenImages, timeout=_rpc_timeout(step)))
+        return self._last_smooth[1]
 
     def _bases(self, base_ids: list[str] | None, n: int, seed: int) -> list[np.ndarray]:
         """``n`` base images: those of ``base_ids`` (drawn here earlier, or shown), else new library draws."""

@@ -225,12 +225,16 @@ class MaximizeSynthParams(_GenParams):
 
 class AdversarialParams(_GenParams):
     """Adversarial images around ``base_ids`` (or random pool images): ``direction`` + raises the
-    response of the target neurons, - lowers it, within an L2 budget ``epsilon`` (pixel units 0..1)."""
+    response of the target neurons, - lowers it, within an L2 budget ``epsilon`` (pixel units 0..1)
+    and a largest pixel change ``max_abs`` (0..255); ``blur`` > 0 takes smooth steps (see
+    :func:`modelserver.generate.adversarial.adversarial`), 0 signed-gradient steps."""
 
     generator: Literal["adversarial"] = "adversarial"
     neurons: Neurons = Field(min_length=1)
     direction: Literal["+", "-"]
-    epsilon: float = Field(default=2.0, gt=0)
+    epsilon: float = Field(default=8.0, gt=0)
+    max_abs: float = Field(default=32.0, gt=0, le=255)
+    blur: float = Field(default=2.0, ge=0, le=16)
     steps: int = Field(default=50, ge=1)
     base_ids: list[Ident] | None = Field(default=None, description="base images (None: pool picks)")
 
@@ -243,6 +247,10 @@ class SmoothParams(_GenParams):
     neurons: Neurons = Field(min_length=1)
     mode: Literal["minus", "random"]
     sigma: float = Field(default=2.0, gt=0, description="Gaussian blur width (px)")
+    grid: int = Field(default=8, ge=1, le=56, description="the image is cut into grid x grid patches")
+    max_patches: int = Field(default=16, ge=1, le=56 * 56, description="patches smoothed per image")
+    shortlist: int | None = Field(default=8, ge=1, description="patches tried per greedy step, ranked by "
+                                  "the gradient (None: every sharp patch; slower, hardly better)")
     base_ids: list[Ident] | None = None
 
 

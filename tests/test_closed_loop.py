@@ -18,8 +18,8 @@ from wire.documents import PickDoc, StopDoc
 @pytest.mark.timeout(1200)
 async def test_demo_learns_and_its_picks_drive_the_ground_truth(tmp_path: Path, v4_dir: Path) -> None:
     settings = DemoSettings(sessions=1, blocks=2, normal=60, gaudy=10, active=15, neurons=6, eval_images=120,
-                            epochs_block=4, epochs_session=8, members=2, max_per_neuron=2, max_random=20,
-                            max_repeats=2, synth_steps=20, pool_crops=400)
+                            epochs_block=4, epochs_session=8, members=2, max_per_neuron=4, max_random=20,
+                            max_repeats=2, synth_steps=20, pool_crops=1000)
     summary = await run_demo(v4_dir, tmp_path, settings=settings, console=Console(width=120))
     data = json.loads((tmp_path / "summary.json").read_text())
     assert data["ground_truth"].startswith("6 real V4 compact models")
@@ -37,6 +37,7 @@ async def test_demo_learns_and_its_picks_drive_the_ground_truth(tmp_path: Path, 
     assert isinstance(docs[-1], StopDoc)
     assert any(isinstance(d, PickDoc) and d.generator == "active" for d in docs), "active picks were made"
     normal = causal["max_normal"]["mean_percent_change"]
+    print("CLOSEDLOOP", json.dumps({k: {kk: v.get(kk) for kk in ("mean_percent_change", "n_neurons")} for k, v in causal.items()}), session["median_r"])
     assert normal is not None and normal > 0, causal
     # each adversarial image is scored against its own base image, for the neuron it targets
     assert causal["adv_plus"]["n_neurons"] > 0 and causal["adv_plus"]["fraction_in_direction"] is not None

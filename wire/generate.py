@@ -16,7 +16,7 @@ from __future__ import annotations
 
 from typing import Annotated, Literal
 
-from pydantic import Field
+from pydantic import Field, model_validator
 
 from wire.base import Array, Message
 
@@ -81,6 +81,14 @@ class GenMaximize(Message):
     k: int = Field(ge=1, le=10_000)
 
 
+#: GenSynthesize settings for an ascent from the top pool images (``pool`` set): small steps, no
+#: added noise, no push apart (the start images already differ), light smoothness priors (natural
+#: images carry large deviations the Lp prior would pull to grey). Measured on the ground truth with
+#: ``bench/causal_bench.py --variant pool`` (docs/generation.md, Evidence).
+POOL_START_SYNTHESIS: dict[str, float] = {"step_size": 1.0, "init_std": 0.0, "diversity": 0.0,
+                                          "lp_weight": 0.2, "tv_weight": 0.1}
+
+
 class GenSynthesize(Message):
     """Maximizing synthesized images (smooth DeepTune from white noise), all neurons in one batch."""
 
@@ -99,6 +107,8 @@ class GenSynthesize(Message):
     scale_jitter: float = Field(default=0.1, ge=0, lt=0.5, description="random rescale (1 +- this) at each step")
     pool: PoolName | None = Field(default=None, description="start from each neuron's top images of this pool "
                                                             "under the model (None: from noise)")
+    init_std: float = Field(default=10.0, ge=0, le=255, description="white noise (pixels) added to the start")
+    diversity: float = Field(default=1.0, ge=0, le=100, description="push one neuron's images apart (decaying)")
 
 
 class GenAdversarial(Message):
@@ -113,6 +123,14 @@ class GenAdversarial(Message):
     max_l2: float | None = Field(default=None, gt=0, le=1e9, description="largest L2 norm of the change (pixel units)")
     step: float = Field(default=1.0, gt=0, le=255)
     steps: int | None = Field(default=None, ge=1, le=100_000)
+    blur: float = Field(default=0.0, ge=0, le=16,
+                        description="> 0: smooth steps (gradient blurred by this many pixels, L2-scaled; needs max_l2)")
+
+    @model_validator(mode="after")
+    def _blur_needs_l2(self) -> GenAdversarial:
+        if self.blur > 0 and self.max_l2 is None:
+            raise ValueError("blur > 0 (smooth L2 steps) needs max_l2")
+        return self
 
 
 class GenSmooth(Message):
@@ -127,6 +145,9 @@ class GenSmooth(Message):
     max_patches: int = Field(default=16, ge=1, le=56 * 56)
     target_drop: float | None = Field(default=None, gt=0, le=1)
     seed: Seed = 0
+    shortlist: int | None = Field(default=None, ge=1, le=56 * 56,
+                                  description="try only this many patches per step, ranked by the gradient "
+                                              "(None: every sharp patch)")
 
 
 class GenDots(Message):

@@ -205,7 +205,7 @@ def generation_handlers(ctx: GenerationContext, *, image_roots: Sequence[Path] |
         def work(stop: StopCheck) -> Message:
             cfg = SynthesisConfig(steps=cmd.steps, step_size=cmd.step_size, lp_weight=cmd.lp_weight,
                                   tv_weight=cmd.tv_weight, spread_weight=cmd.spread_weight, jitter=cmd.jitter,
-                                  scale_jitter=cmd.scale_jitter)
+                                  scale_jitter=cmd.scale_jitter, init_std=cmd.init_std, diversity=cmd.diversity)
             init = None
             if cmd.pool is not None:  # start from each neuron's top pool images
                 with ImagePool(ctx.pool_path(cmd.pool)) as pool:
@@ -233,7 +233,8 @@ def generation_handlers(ctx: GenerationContext, *, image_roots: Sequence[Path] |
 
         def work(stop: StopCheck) -> Message:
             gen = adversarial(ctx.response_model(cmd.model), cmd.base_images, cmd.neurons, cmd.direction,
-                              cmd.max_abs, cmd.max_l2, cmd.step, cmd.steps, device=ctx.device, should_stop=stop)
+                              cmd.max_abs, cmd.max_l2, cmd.step, cmd.steps, device=ctx.device, should_stop=stop,
+                              blur=cmd.blur)
             return to_reply(_named(gen, cmd.model))
         return await run(work)
 
@@ -244,7 +245,7 @@ def generation_handlers(ctx: GenerationContext, *, image_roots: Sequence[Path] |
         def work(stop: StopCheck) -> Message:
             sm, ctrl = smooth_images(ctx.response_model(cmd.model), cmd.base_images, cmd.neurons, cmd.grid,
                                      cmd.sigma, cmd.max_patches, cmd.target_drop, cmd.seed, device=ctx.device,
-                                     should_stop=stop)
+                                     should_stop=stop, shortlist=cmd.shortlist)
             return to_reply(_named(sm, cmd.model), _named(ctrl, cmd.model))
         return await run(work)
 

@@ -3,8 +3,12 @@
 The image is cut into a ``grid`` x ``grid`` set of non-overlapping patches. At each greedy
 step every still-sharp patch is tried (all candidates of all images in one batch) and the
 one giving the lowest response is smoothed for good; it stops after ``max_patches`` or
-once the response fell by ``target_drop`` (a fraction of the base response). Controls
-smooth the same number of patches (hence pixels) chosen at random.
+once the response fell by ``target_drop`` (a fraction of the base response). With
+``shortlist`` = k, a step first ranks the still-sharp patches of each image by the
+first-order estimate of the change (the response's gradient at the current image times the
+change smoothing makes, summed over the patch: one backward pass) and tries only the k most
+promising exactly: about grid^2 / k times fewer model calls. Controls smooth the same number
+of patches (hence pixels) chosen at random.
 """
 
 from __future__ import annotations
@@ -42,8 +46,8 @@ def _patch_masks(size: int, grid: int, device: torch.device | str, dtype: torch.
 def smooth_images(model: ResponseModel, base_images: np.ndarray, neurons: Sequence[int], grid: int = 8,
                   sigma: float = 4.0, max_patches: int = 16, target_drop: float | None = None,
                   seed: int = 0, batch_size: int = 256, device: torch.device | str = "cpu",
-                  dtype: torch.dtype = torch.float32, should_stop: StopCheck | None = None
-                  ) -> tuple[Generated, Generated]:
+                  dtype: torch.dtype = torch.float32, should_stop: StopCheck | None = None,
+                  shortlist: int | None = None) -> tuple[Generated, Generated]:
     """(smooth- images, random-smoothed controls), one of each per (base image, neuron) pair.
 
     ``should_stop`` is tested before every model batch (a true answer raises ``Cancelled``)."""
@@ -56,6 +60,8 @@ def smooth_images(model: ResponseModel, base_images: np.ndarray, neurons: Sequen
     n_patch = grid * grid
     if not 1 <= max_patches <= n_patch or grid < 1:
         raise InvalidRequest(f"max_patches must be in 1..{n_patch}")
+    if shortlist is not None and shortlist < 1:
+        raise InvalidRequest("shortlist must be >= 1")
     which = torch.tensor(neurons, device=device)
     base = torch.as_tensor(base_u8, device=device).permute(0, 3, 1, 2).to(dtype)
     blurred = gaussian_blur(base, sigma)
@@ -75,19 +81,35 @@ def smooth_images(model: ResponseModel, base_images: np.ndarray, neurons: Sequen
                 outs.append(paired_responses(model, pixels_to_input(x[s: s + batch_size]), who[s: s + batch_size]))
         return torch.cat(outs)
 
+    def estimates(rows: torch.Tensor, cur_mask: torch.Tensor) -> torch.Tensor:
+        """(len(rows), P) first-order change of each image's response from smoothing each patch."""
+        outs = []
+        for s in range(0, len(rows), batch_size):
+            stop_point(should_stop, "gen.smooth")
+            idx = rows[s: s + batch_size].to(device)
+            x = compose(cur_mask[idx], idx).requires_grad_(True)
+            g, = torch.autograd.grad(paired_responses(model, pixels_to_input(x), which[idx]).sum(), x)
+            change = (g * (blurred[idx] - base[idx])).sum(1).flatten(1)  # (rows, H*W)
+            outs.append((change @ masks[:, 0].flatten(1).T).detach().cpu())
+        return torch.cat(outs)
+
     r0 = respond(base, which).cpu()
     current = r0.clone()
     for _ in range(max_patches):
         rows = active.nonzero()[:, 0]
         if len(rows) == 0:
             break
+        cur_mask = (chosen.to(dtype).to(device) @ masks.flatten(1)).view(n, 1, *masks.shape[-2:]).clamp(max=1)
+        est = estimates(rows, cur_mask) if shortlist is not None else None
         cand_img, cand_patch = [], []
-        for i in rows.tolist():
-            for p in (~chosen[i]).nonzero()[:, 0].tolist():
+        for k, i in enumerate(rows.tolist()):
+            sharp = (~chosen[i]).nonzero()[:, 0]
+            if est is not None and shortlist is not None and len(sharp) > shortlist:  # the most promising by the estimate
+                sharp = sharp[torch.argsort(est[k, sharp], stable=True)[:shortlist]]
+            for p in sharp.tolist():
                 cand_img.append(i)
                 cand_patch.append(p)
         ci, cp = torch.tensor(cand_img), torch.tensor(cand_patch)
-        cur_mask = (chosen.to(dtype).to(device) @ masks.flatten(1)).view(n, 1, *masks.shape[-2:]).clamp(max=1)
         cmask = (cur_mask[ci.to(device)] + masks[cp.to(device)]).clamp(max=1)
         resp = respond(compose(cmask, ci.to(device)), which[ci.to(device)]).cpu()
         for i in rows.tolist():

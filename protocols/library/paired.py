@@ -91,27 +91,32 @@ class _PairedProtocol(ProtocolBase):
 
 class AdversarialProtocol(_PairedProtocol):
     protocol: Literal["adversarial"] = "adversarial"
-    epsilon: float = Field(default=2.0, gt=0, description="L2 budget of the perturbation (pixels in 0..1)")
+    epsilon: float = Field(default=8.0, gt=0, description="L2 budget of the perturbation (pixels in 0..1)")
+    max_abs: float = Field(default=32.0, gt=0, le=255, description="largest change of one pixel (0..255)")
+    blur: float = Field(default=2.0, ge=0, le=16,
+                        description="smooth steps: gradient blur in pixels (0: signed-gradient steps)")
     steps: int = Field(default=50, ge=1)
 
     def _kinds(self, neurons: list[int]) -> list[tuple[str, GeneratorParams, Alternative]]:
-        return [
-            ("adv+", AdversarialParams(neurons=neurons, direction="+", epsilon=self.epsilon, steps=self.steps),
-             "greater"),
-            ("adv-", AdversarialParams(neurons=neurons, direction="-", epsilon=self.epsilon, steps=self.steps),
-             "less"),
-        ]
+        def params(direction: Literal["+", "-"]) -> AdversarialParams:
+            return AdversarialParams(neurons=neurons, direction=direction, epsilon=self.epsilon,
+                                     max_abs=self.max_abs, blur=self.blur, steps=self.steps)
+        return [("adv+", params("+"), "greater"), ("adv-", params("-"), "less")]
 
 
 class SmoothProtocol(_PairedProtocol):
     protocol: Literal["smooth"] = "smooth"
     sigma: float = Field(default=2.0, gt=0, description="Gaussian blur width (px)")
+    grid: int = Field(default=8, ge=1, le=56, description="the image is cut into grid x grid patches")
+    max_patches: int = Field(default=16, ge=1, le=56 * 56, description="patches smoothed per image")
+    shortlist: int | None = Field(default=8, ge=1, description="patches tried exactly per greedy step, the "
+                                  "most promising by the gradient (None: all; slower)")
 
     def _kinds(self, neurons: list[int]) -> list[tuple[str, GeneratorParams, Alternative]]:
-        return [
-            ("smooth_minus", SmoothParams(neurons=neurons, mode="minus", sigma=self.sigma), "less"),
-            ("smooth_random", SmoothParams(neurons=neurons, mode="random", sigma=self.sigma), "two-sided"),
-        ]
+        def params(mode: Literal["minus", "random"]) -> SmoothParams:
+            return SmoothParams(neurons=neurons, mode=mode, sigma=self.sigma, grid=self.grid,
+                                max_patches=self.max_patches, shortlist=self.shortlist)
+        return [("smooth_minus", params("minus"), "less"), ("smooth_random", params("random"), "two-sided")]
 
     def _extra_comparisons(self) -> list[tuple[str, str, Alternative]]:
         return [("smooth_minus", "smooth_random", "less")]

@@ -14,7 +14,13 @@ from modelserver.generate.active import active_pool, pairwise_rms, thumbnails
 from modelserver.generate.adversarial import adversarial
 from modelserver.generate.dots import dot_stimuli
 from modelserver.generate.maximize import StreamingTopK, maximize_pool
-from modelserver.generate.models import CompactStack, MemberEnsemble, paired_responses, perturbed_ensemble
+from modelserver.generate.models import (
+    CompactStack,
+    Generated,
+    MemberEnsemble,
+    paired_responses,
+    perturbed_ensemble,
+)
 from modelserver.generate.pool import (
     ImagePool,
     PoolFormatError,
@@ -245,3 +251,43 @@ def test_active_never_picks_excluded_images(tmp_path: Path) -> None:
         with pytest.raises(InvalidRequest, match="only 10 candidates are left"):
             active_pool(ens, pool, k=11, exclude=shown + [image_id(im) for im in second.images], **kw)  # type: ignore[arg-type]
     assert not {image_id(im) for im in second.images} & set(shown)
+
+
+def test_adversarial_smooth_steps_stay_in_budget_and_are_smooth(small_stack: CompactStack) -> None:
+    base = random_images(4, seed=11)
+    signed = adversarial(small_stack, base, [0, 1, 2, 3], "+", max_abs=16, max_l2=400.0, steps=20)
+    smooth = adversarial(small_stack, base, [0, 1, 2, 3], "+", max_abs=16, max_l2=400.0, steps=20, blur=2.0)
+    for gen in (signed, smooth):
+        change = gen.images.astype(float) - base
+        assert np.abs(change).max() <= 16
+        assert np.linalg.norm(change.reshape(4, -1), axis=1).max() <= 400.0
+        assert all(p.score > p.details["base_response"] for p in gen.picks)
+
+    def roughness(gen: Generated) -> float:  # neighbour differences of the change relative to its size
+        d = gen.images.astype(float) - base
+        return float(np.abs(np.diff(d, axis=2)).mean() / (np.abs(d).mean() + 1e-9))
+    assert roughness(smooth) < 0.5 * roughness(signed)
+    with pytest.raises(InvalidRequest, match="L2 budget"):
+        adversarial(small_stack, base, [0, 1, 2, 3], "+", blur=2.0)
+
+
+def test_smooth_shortlist_tries_fewer_patches_and_still_lowers(small_stack: CompactStack) -> None:
+    base = random_images(3, seed=13)
+    calls: list[int] = []
+
+    class Counting:
+        n_neurons = small_stack.n_neurons
+
+        def __call__(self, x: torch.Tensor) -> torch.Tensor:
+            calls.append(len(x))
+            return small_stack(x)
+    exact, _ = smooth_images(Counting(), base, [0, 1, 2], grid=6, max_patches=6, seed=0)  # type: ignore[arg-type]
+    n_exact, calls[:] = sum(calls), []
+    quick, ctrl = smooth_images(Counting(), base, [0, 1, 2], grid=6, max_patches=6, seed=0,  # type: ignore[arg-type]
+                                shortlist=4)
+    assert sum(calls) < 0.3 * n_exact
+    drop = [p.details["base_response"] - p.score for p in exact.picks]
+    quick_drop = [p.details["base_response"] - p.score for p in quick.picks]
+    assert all(d > 0 for d in quick_drop)
+    assert sum(quick_drop) >= 0.7 * sum(drop), (quick_drop, drop)
+    assert all(p.details["patches"] == q.details["patches"] == 6 for p, q in zip(quick.picks, ctrl.picks, strict=True))
