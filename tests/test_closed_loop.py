@@ -37,7 +37,6 @@ async def test_demo_learns_and_its_picks_drive_the_ground_truth(tmp_path: Path, 
     assert isinstance(docs[-1], StopDoc)
     assert any(isinstance(d, PickDoc) and d.generator == "active" for d in docs), "active picks were made"
     normal = causal["max_normal"]["mean_percent_change"]
-    print("CLOSEDLOOP", json.dumps({k: {kk: v.get(kk) for kk in ("mean_percent_change", "n_neurons")} for k, v in causal.items()}), session["median_r"])
     assert normal is not None and normal > 0, causal
     # each adversarial image is scored against its own base image, for the neuron it targets
     assert causal["adv_plus"]["n_neurons"] > 0 and causal["adv_plus"]["fraction_in_direction"] is not None
