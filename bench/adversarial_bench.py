@@ -47,6 +47,10 @@ def main() -> None:
     ap.add_argument("--budget", nargs="+", default=["2:8:0", "8:32:0", "8:32:2"], metavar="EPS:MAX_ABS:BLUR")
     ap.add_argument("--k", type=int, default=3, help="base images per neuron (the demo's n_per_neuron)")
     ap.add_argument("--steps", type=int, default=50)
+    ap.add_argument("--candidates", type=int, default=0,
+                    help="base images: each neuron's k images from rank --rank of this many random images "
+                         "by the model (0: random images)")
+    ap.add_argument("--rank", type=int, default=0, help="with --candidates: the first base image's rank (0: best)")
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--cache", type=Path, default=None, help="causal_bench's cache of trained ensembles")
     ap.add_argument("--threads", type=int, default=2)
@@ -73,8 +77,14 @@ def main() -> None:
                                reference=evenly_spaced(load_image_zip(args.v4 / "images" / f"images_{SESSION}.zip"), 120))
         ens = DeepEnsemble.from_state(recorded_model(neurons, args, lib, pool, gt)["state"])
         rng = np.random.default_rng(args.seed + 5)
-        base = lib[rng.choice(len(lib), len(neurons) * args.k, replace=False)]
         targets = [j for j in range(len(neurons)) for _ in range(args.k)]
+        if args.candidates:  # each neuron's k best of `candidates` random images, by the model
+            cand = lib[rng.choice(len(lib), args.candidates, replace=False)]
+            pred = ens.predict(cand, "bench")  # (neurons, candidates)
+            order = np.argsort(-pred, axis=1, kind="stable")[:, args.rank:args.rank + args.k]
+            base = cand[order.reshape(-1)]
+        else:
+            base = lib[rng.choice(len(lib), len(neurons) * args.k, replace=False)]
         before = own_rates(gt, base, targets, args.k)
         for eps, max_abs, blur in budgets:
             t0 = time.perf_counter()

@@ -79,6 +79,10 @@ def model_session(session_id: str) -> str:
     return name[-64:]
 
 
+#: driving base images: candidates per base image (of which the upper quartile is taken)
+BASE_CANDIDATES = 8
+
+
 class ZmqModelLink:
     """Implements :class:`controller.engine.ModelLink` against a modelserver."""
 
@@ -316,7 +320,8 @@ class ZmqModelLink:
         protocol pairs this request with an earlier one, else drawn from the library), one request
         per matched model; the result names each image's base image (``base_ids``)."""
         targets = [j for j in p.neurons for _ in range(n)]
-        bases = self._bases(p.base_ids, len(targets), seed)
+        bases = (await self._driving_bases(p.neurons, n, seed) if not p.base_ids and p.bases == "driving"
+                 else self._bases(p.base_ids, len(targets), seed))
         groups: dict[str, list[int]] = {}
         for k, j in enumerate(targets):
             groups.setdefault(self._model_of(j)[0], []).append(k)
@@ -358,6 +363,34 @@ class ZmqModelLink:
         if self._last_smooth is None or self._last_smooth[0] != key:
             self._last_smooth = (key, await self.client.request(cmd, GenImages, timeout=_rpc_timeout(step)))
         return self._last_smooth[1]
+
+    async def _driving_bases(self, neurons: list[int], n: int, seed: int) -> list[np.ndarray]:
+        """``n`` base images per neuron (neuron-major): of ``BASE_CANDIDATES * n`` random library
+        images, those its model ranks ``2n .. 3n - 1`` (the upper quartile). A base image that
+        drives the neuron reliably leaves room to raise and to lower the response, and no
+        percent change divides by a near-zero response (random bases gave +-100% swings)."""
+        per = BASE_CANDIDATES * n
+        try:
+            drawn = self.base_images(per * len(neurons), seed)
+        except InvalidRequest:  # a small library: the images as drawn
+            return self._bases(None, n * len(neurons), seed)
+        groups: dict[tuple[str, str | None], list[int]] = {}
+        for k, j in enumerate(neurons):
+            sess, _ = self.matched.get(j, (self.session, j))
+            groups.setdefault((sess, self.version if self.version and sess != self.session else None), []).append(k)
+        chosen: dict[int, list[np.ndarray]] = {}
+        for (sess, version), ks in groups.items():
+            images = np.stack([drawn[k * per + i] for k in ks for i in range(per)])
+            pred = await self.client.request(Predict(session=sess, images=images, version=version), Prediction,
+                                             timeout=120.0)
+            responses = np.asarray(pred.responses)  # (model neurons, images)
+            for g, k in enumerate(ks):
+                own = responses[self._model_of(neurons[k])[1], g * per:(g + 1) * per]
+                ranks = np.argsort(-own, kind="stable")[2 * n:3 * n]
+                chosen[k] = [images[g * per + int(r)] for r in ranks]
+        bases = [b for k in range(len(neurons)) for b in chosen[k]]
+        self._base_pixels.update((image_id(b), b) for b in bases)
+        return bases
 
     def _bases(self, base_ids: list[str] | None, n: int, seed: int) -> list[np.ndarray]:
         """``n`` base images: those of ``base_ids`` (drawn here earlier, or shown), else new library draws."""

@@ -223,6 +223,11 @@ class MaximizeSynthParams(_GenParams):
     init: Literal["noise", "pool"] = "noise"
 
 
+BaseChoice = Annotated[Literal["driving", "random"], Field(description=(
+    "driving: each neuron's base images from the upper quartile of its model's predictions over 8 random "
+    "library images per base image (a reliable response, room to rise and to fall); random: as drawn"))]
+
+
 class AdversarialParams(_GenParams):
     """Adversarial images around ``base_ids`` (or random pool images): ``direction`` + raises the
     response of the target neurons, - lowers it, within an L2 budget ``epsilon`` (pixel units 0..1)
@@ -236,7 +241,8 @@ class AdversarialParams(_GenParams):
     max_abs: float = Field(default=32.0, gt=0, le=255)
     blur: float = Field(default=2.0, ge=0, le=16)
     steps: int = Field(default=50, ge=1)
-    base_ids: list[Ident] | None = Field(default=None, description="base images (None: pool picks)")
+    base_ids: list[Ident] | None = Field(default=None, description="base images (None: library draws)")
+    bases: BaseChoice = "driving"
 
 
 class SmoothParams(_GenParams):
@@ -252,6 +258,7 @@ class SmoothParams(_GenParams):
     shortlist: int | None = Field(default=8, ge=1, description="patches tried per greedy step, ranked by "
                                   "the gradient (None: every sharp patch; slower, hardly better)")
     base_ids: list[Ident] | None = None
+    bases: BaseChoice = "driving"
 
 
 class DotsParams(_GenParams):

@@ -18,7 +18,7 @@ from wire.documents import PickDoc, StopDoc
 @pytest.mark.timeout(1200)
 async def test_demo_learns_and_its_picks_drive_the_ground_truth(tmp_path: Path, v4_dir: Path) -> None:
     settings = DemoSettings(sessions=1, blocks=2, normal=60, gaudy=10, active=15, neurons=6, eval_images=120,
-                            epochs_block=4, epochs_session=8, members=2, max_per_neuron=4, max_random=20,
+                            epochs_block=4, epochs_session=16, members=2, max_per_neuron=4, max_random=20,
                             max_repeats=2, synth_steps=20, pool_crops=1000)
     summary = await run_demo(v4_dir, tmp_path, settings=settings, console=Console(width=120))
     data = json.loads((tmp_path / "summary.json").read_text())

@@ -34,6 +34,7 @@ from protocols.steps import (
     Alternative,
     Analyse,
     AnalysisResult,
+    BaseChoice,
     GenerateImages,
     GeneratorParams,
     ImageSet,
@@ -50,6 +51,7 @@ class _PairedProtocol(ProtocolBase):
     timeout_s: float = Field(default=600.0, gt=0, description="per generation request")
     analysis: AnalysisConfig = Field(default_factory=AnalysisConfig)
     neurons: list[Annotated[int, Field(ge=0)]] | None = NeuronsField
+    bases: BaseChoice = "driving"
 
     # (condition, params, alternative vs base) of the two generated kinds
     def _kinds(self, neurons: list[int]) -> list[tuple[str, GeneratorParams, Alternative]]:
@@ -100,7 +102,7 @@ class AdversarialProtocol(_PairedProtocol):
     def _kinds(self, neurons: list[int]) -> list[tuple[str, GeneratorParams, Alternative]]:
         def params(direction: Literal["+", "-"]) -> AdversarialParams:
             return AdversarialParams(neurons=neurons, direction=direction, epsilon=self.epsilon,
-                                     max_abs=self.max_abs, blur=self.blur, steps=self.steps)
+                                     max_abs=self.max_abs, blur=self.blur, steps=self.steps, bases=self.bases)
         return [("adv+", params("+"), "greater"), ("adv-", params("-"), "less")]
 
 
@@ -115,7 +117,7 @@ class SmoothProtocol(_PairedProtocol):
     def _kinds(self, neurons: list[int]) -> list[tuple[str, GeneratorParams, Alternative]]:
         def params(mode: Literal["minus", "random"]) -> SmoothParams:
             return SmoothParams(neurons=neurons, mode=mode, sigma=self.sigma, grid=self.grid,
-                                max_patches=self.max_patches, shortlist=self.shortlist)
+                                max_patches=self.max_patches, shortlist=self.shortlist, bases=self.bases)
         return [("smooth_minus", params("minus"), "less"), ("smooth_random", params("random"), "two-sided")]
 
     def _extra_comparisons(self) -> list[tuple[str, str, Alternative]]:
