@@ -2,7 +2,9 @@
 
 The demo's adversarial test without the loop, on the same trained ensembles as
 ``bench/causal_bench.py`` (same ground truth, same recorded counts; share its ``--cache``).
-Per neuron, ``--k`` random V4 images are the base images; each is perturbed to raise (adv+) and
+Per neuron, ``--k`` random V4 images are the base images (with ``--candidates C --rank R``: the
+``k`` images the ensemble ranks R .. R+k-1 among C random ones, as the protocol's ``bases:
+driving`` does with C = 8k, R = 2k); each is perturbed to raise (adv+) and
 to lower (adv-) the ensemble's prediction for that neuron
 (:func:`modelserver.generate.adversarial.adversarial`), for every ``--budget``
 ``EPSILON:MAX_ABS:BLUR`` (L2 in 0..1 pixel units, largest pixel change 0..255, gradient blur in
@@ -11,7 +13,7 @@ change of the mean over its adversarial images against the mean over their base 
 as the mean over neurons and the fraction of neurons moved in the intended direction.
 
     .venv/bin/python bench/adversarial_bench.py --neurons 0-7 8-15 16-23 --cache /tmp/causal_cache \\
-        --budget 2:8:0 8:32:0 8:32:2
+        --budget 2:8:0 8:32:0 8:32:2 [--candidates 24 --rank 6]
 """
 
 from __future__ import annotations
