@@ -309,10 +309,16 @@ class ZmqModelLink:
             raise ModelError(f"dots: {len(gen.result.image_ids)} images for {len(labels)} conditions")
         return Generated(gen.result.model_copy(update={"labels": labels}), gen.pixels, gen.picks)
 
+    def _model_ref(self, neuron: int) -> tuple[str, str | None, int]:
+        """(model session, version or None for the current one, model neuron) of a recorded neuron:
+        its matched model at the matched version, or this session's readout."""
+        sess, m = self.matched.get(neuron, (self.session, neuron))
+        return sess, (self.version if self.version and sess != self.session else None), m
+
     def _model_of(self, neuron: int) -> tuple[str, int]:
         """(model id, model neuron) of a recorded neuron: its matched model, or this session's readout."""
-        sess, m = self.matched.get(neuron, (self.session, neuron))
-        return (f"{self.version}/{sess}" if self.version and sess != self.session else sess), m
+        sess, version, m = self._model_ref(neuron)
+        return (f"{version}/{sess}" if version else sess), m
 
     async def _paired(self, step: GenerateImages, p: AdversarialParams | SmoothParams, n: int,
                       seed: int) -> Generated:
@@ -376,8 +382,7 @@ class ZmqModelLink:
             return self._bases(None, n * len(neurons), seed)
         groups: dict[tuple[str, str | None], list[int]] = {}
         for k, j in enumerate(neurons):
-            sess, _ = self.matched.get(j, (self.session, j))
-            groups.setdefault((sess, self.version if self.version and sess != self.session else None), []).append(k)
+            groups.setdefault(self._model_ref(j)[:2], []).append(k)
         chosen: dict[int, list[np.ndarray]] = {}
         for (sess, version), ks in groups.items():
             images = np.stack([drawn[k * per + i] for k in ks for i in range(per)])
@@ -385,7 +390,7 @@ class ZmqModelLink:
                                              timeout=120.0)
             responses = np.asarray(pred.responses)  # (model neurons, images)
             for g, k in enumerate(ks):
-                own = responses[self._model_of(neurons[k])[1], g * per:(g + 1) * per]
+                own = responses[self._model_ref(neurons[k])[2], g * per:(g + 1) * per]
                 ranks = np.argsort(-own, kind="stable")[2 * n:3 * n]
                 chosen[k] = [images[g * per + int(r)] for r in ranks]
         bases = [b for k in range(len(neurons)) for b in chosen[k]]
