@@ -250,7 +250,9 @@ class ZmqModelLink:
             from_pool = p.init == "pool"  # from each neuron's best pool images, in small steps (docs/generation.md)
             if from_pool:
                 await self._ensure_pool()
-            start = POOL_START_SYNTHESIS if from_pool else {}
+            start: dict[str, float] = dict(POOL_START_SYNTHESIS) if from_pool else {}
+            if p.max_contrast is not None:
+                start["max_contrast"] = p.max_contrast
             return await self._per_model(step, p.neurons, lambda model, ns: GenSynthesize(
                 model=model, neurons=ns, per_neuron=n, steps=p.steps, seed=seed,
                 pool=self.pool if from_pool else None).model_copy(update=start))

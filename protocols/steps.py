@@ -219,8 +219,10 @@ class MaximizeSynthParams(_GenParams):
     generator: Literal["maximize_synth"] = "maximize_synth"
     neurons: Neurons = Field(min_length=1)
     steps: int = Field(default=200, ge=1)
-    lr: float = Field(default=0.05, gt=0)
+    lr: float = Field(default=0.05, gt=0, description="unused; kept so stored sessions load")
     init: Literal["noise", "pool"] = "noise"
+    max_contrast: float | None = Field(default=None, ge=1, le=8,
+                                       description="contrast phase's largest gain (None: the init's default)")
 
 
 BaseChoice = Annotated[Literal["driving", "random"], Field(description=(

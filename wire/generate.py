@@ -81,12 +81,13 @@ class GenMaximize(Message):
     k: int = Field(ge=1, le=10_000)
 
 
-#: GenSynthesize settings for an ascent from the top pool images (``pool`` set): small steps, no
-#: added noise, no push apart (the start images already differ), light smoothness priors (natural
-#: images carry large deviations the Lp prior would pull to grey). Measured on the ground truth with
-#: ``bench/causal_bench.py --variant pool`` (docs/generation.md, Evidence).
+#: GenSynthesize settings for an ascent from the top pool images (``pool`` set): a contrast phase
+#: (gain up to 2, set by the model), then small steps, no added noise, no push apart (the start images
+#: already differ), light smoothness priors (natural images carry large deviations the Lp prior would
+#: pull to grey). Measured on the ground truth with ``bench/causal_bench.py --variant poolstart``
+#: (docs/generation.md, Evidence).
 POOL_START_SYNTHESIS: dict[str, float] = {"step_size": 1.0, "init_std": 0.0, "diversity": 0.0,
-                                          "lp_weight": 0.2, "tv_weight": 0.1}
+                                          "lp_weight": 0.2, "tv_weight": 0.1, "max_contrast": 2.0}
 
 
 class GenSynthesize(Message):
@@ -109,6 +110,8 @@ class GenSynthesize(Message):
                                                             "under the model (None: from noise)")
     init_std: float = Field(default=10.0, ge=0, le=255, description="white noise (pixels) added to the start")
     diversity: float = Field(default=1.0, ge=0, le=100, description="push one neuron's images apart (decaying)")
+    max_contrast: float = Field(default=1.0, ge=1, le=8, description="> 1: before the pixel steps, scale each start "
+                                "image's contrast about its mean by a gain in 1..this that the model's gradient sets")
 
 
 class GenAdversarial(Message):

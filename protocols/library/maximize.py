@@ -46,8 +46,12 @@ from protocols.steps import (
 
 class SynthConfig(Config):
     steps: int = Field(default=200, ge=1)
-    lr: float = Field(default=0.05, gt=0)
+    lr: float = Field(default=0.05, gt=0, description="unused (the modelserver sets the step size); "
+                      "kept so existing protocol files and stored sessions load")
     init: Literal["noise", "pool"] = "noise"
+    max_contrast: float | None = Field(default=None, ge=1, le=8, description=(
+        "contrast phase before the pixel steps: gain 1..this per image, set by the model's gradient "
+        "(None: 2 from the pool, none from noise; 1: off)"))
     timeout_s: float = Field(default=600.0, gt=0)
 
 
@@ -100,7 +104,7 @@ class MaximizeProtocol(ProtocolBase):
         yield from call(GenerateImages(
             request_id="max_synth", n_images=self.n_per_neuron, prefetch=True, timeout_s=self.synth.timeout_s,
             params=MaximizeSynthParams(neurons=neurons, steps=self.synth.steps, lr=self.synth.lr,
-                                       init=self.synth.init)), GenerateResult)
+                                       init=self.synth.init, max_contrast=self.synth.max_contrast)), GenerateResult)
         sets = [
             ImageSet(source="maximize_normal", request="max_normal", condition="max_normal",
                      fallback="pool_random", timeout_s=self.synth.timeout_s),

@@ -7,9 +7,18 @@ from typing import Any
 import numpy as np
 
 from controller.modellink import BASE_CANDIDATES, ZmqModelLink
-from protocols.steps import GenerateImages, SmoothParams
+from protocols.steps import GenerateImages, MaximizeSynthParams, SmoothParams
 from wire.base import image_id
-from wire.generate import GenAdversarial, GenImages, GenProvenance, GenSmooth
+from wire.generate import (
+    POOL_START_SYNTHESIS,
+    GenAdversarial,
+    GenBuildPool,
+    GenImages,
+    GenPoolInfo,
+    GenProvenance,
+    GenSmooth,
+    GenSynthesize,
+)
 from wire.model import Predict, Prediction
 
 
@@ -85,3 +94,48 @@ async def test_driving_bases_are_the_upper_quartile_of_the_models_predictions() 
     # one prediction per model: the matched day-1 models at the matched version, this session's at the current
     assert sorted((c.session, c.version) for c in client.sent) == [("day1", "v1"), ("s", None)]
     assert all(image_id(b) in link._base_pixels for b in bases)  # the paired request finds them by id
+
+
+class SynthClient:
+    """Answers pool builds and synthesis requests (start images returned as they are)."""
+
+    endpoint = "tcp://127.0.0.1:9"
+
+    def __init__(self) -> None:
+        self.sent: list[Any] = []
+
+    async def ping(self, timeout: float | None = None) -> None:
+        return None
+
+    async def request(self, cmd: Any, reply_type: type, timeout: float | None = None) -> Any:
+        self.sent.append(cmd)
+        if isinstance(cmd, GenBuildPool):
+            return GenPoolInfo(pool=cmd.pool, size=10, path="p.h5")
+        assert isinstance(cmd, GenSynthesize)
+        images = np.zeros((len(cmd.neurons) * cmd.per_neuron, 8, 8, 3), np.uint8)
+        prov = [GenProvenance(method="synthesize", model=cmd.model, neuron=n, score=0.0, source="init")
+                for n in cmd.neurons for _ in range(cmd.per_neuron)]
+        return GenImages(images=images, image_ids=[f"im{i}" for i in range(len(images))], provenance=prov)
+
+
+async def test_synthesis_from_the_pool_sends_the_pool_start_settings() -> None:
+    link = ZmqModelLink("tcp://127.0.0.1:9", "tcp://127.0.0.1:9", session_id="s", pixels=lambda i: None,
+                        base_images=lambda n, s: [])
+    client = SynthClient()
+    link.client = client  # type: ignore[assignment]
+    link.matched = {0: ("day1", 2)}
+
+    async def sent(**params: Any) -> GenSynthesize:
+        step = GenerateImages(request_id="max_synth", n_images=2, timeout_s=10,
+                              params=MaximizeSynthParams(neurons=[0], steps=5, **params))
+        await link.generate(step, seed=3)
+        cmd = client.sent[-1]
+        assert isinstance(cmd, GenSynthesize) and cmd.model == "day1" and cmd.neurons == [2]
+        return cmd
+    pool = await sent(init="pool")
+    assert pool.pool is not None and pool.max_contrast == POOL_START_SYNTHESIS["max_contrast"] == 2.0
+    assert pool.step_size == POOL_START_SYNTHESIS["step_size"] and pool.init_std == 0.0
+    assert (await sent(init="pool", max_contrast=1.0)).max_contrast == 1.0  # the protocol's field wins
+    noise = await sent(init="noise")
+    assert noise.pool is None and noise.max_contrast == 1.0 and noise.init_std > 0  # the wire defaults
+    assert (await sent(init="noise", max_contrast=1.5)).max_contrast == 1.5

@@ -55,6 +55,53 @@ def test_agreement_term_lowers_the_members_spread() -> None:
     assert spread(3.0) < 0.8 * spread(0.0)
 
 
+class ContrastEnergy(torch.nn.Module):
+    """Neuron 0: mean squared deviation of the image from its own mean (rises with contrast);
+    neuron 1: the same, negated (falls with contrast)."""
+
+    n_neurons = 2
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        e = (x - x.mean(dim=(1, 2, 3), keepdim=True)).pow(2).mean(dim=(1, 2, 3))
+        return torch.stack([e, -e], dim=1)
+
+
+def _contrast(images: np.ndarray) -> np.ndarray:
+    return images.reshape(len(images), -1).astype(float).std(1)
+
+
+def test_contrast_phase_follows_the_models_gradient_within_its_bound() -> None:
+    start = (128 + (random_images(4, seed=3).astype(float) - 128) * 0.3).astype(np.uint8)  # low contrast: no clipping
+    cfg = SynthesisConfig(steps=0, init_std=0.0, max_contrast=1.6, **PLAIN)  # type: ignore[arg-type]
+    g = synthesize(ContrastEnergy(), [0, 1], per_neuron=2, config=cfg, init_images=start)
+    gains = np.array([p.details["contrast"] for p in g.picks])
+    np.testing.assert_allclose(gains, [1.6, 1.6, 1.0, 1.0], rtol=1e-6)  # neuron 0 up to the bound, 1 not at all
+    np.testing.assert_allclose(_contrast(g.images) / _contrast(start), gains, rtol=0.02)
+    np.testing.assert_array_equal(g.images[2:], start[2:])
+    off = synthesize(ContrastEnergy(), [0], per_neuron=2, config=SynthesisConfig(steps=0, init_std=0.0),
+                     init_images=start[:2])  # max_contrast 1 (the default): no phase, the start returned
+    np.testing.assert_array_equal(off.images, start[:2])
+    assert [p.details["contrast"] for p in off.picks] == [1.0, 1.0]
+    with pytest.raises(InvalidRequest, match="bad synthesis settings"):
+        synthesize(ContrastEnergy(), [0], config=SynthesisConfig(max_contrast=0.5))
+
+
+def test_contrast_phase_raises_a_compact_models_response() -> None:
+    stack = random_stack(2, seed=5)
+    start = (128 + (random_images(4, seed=8).astype(float) - 128) * 0.5).astype(np.uint8)
+    which = torch.tensor([0, 0, 1, 1])
+
+    def response(images: np.ndarray) -> np.ndarray:
+        with torch.no_grad():
+            return stack.paired(preprocess(images), which).numpy()
+    cfg = SynthesisConfig(steps=0, init_std=0.0, max_contrast=2.0, jitter=0, scale_jitter=0.0, diversity=0.0)
+    g = synthesize(stack, [0, 1], per_neuron=2, config=cfg, init_images=start)
+    gains = np.array([p.details["contrast"] for p in g.picks])
+    assert ((gains >= 1.0) & (gains <= 2.0 + 1e-6)).all() and (gains > 1.0).any()
+    assert (response(g.images) >= response(start) - 1e-3).all()  # never lower than the start
+    assert response(g.images).sum() > response(start).sum()
+
+
 def _shifted_response(stack: CompactStack, images: np.ndarray, neurons: list[int]) -> float:
     """Mean response of each image's neuron over shifts of -3..3 pixels, relative to the unshifted one."""
     x = preprocess(images)
@@ -103,3 +150,10 @@ async def test_synthesis_knobs_over_the_wire(tmp_path: Path) -> None:
         assert rep.provenance[0].details["spread"] > 0  # scored by the ensemble of that id
         plain = await client.request(GenSynthesize(model="m", neurons=[0], steps=2, spread_weight=0.0), GenImages)
         assert plain.provenance[0].details["spread"] == 0.0
+        assert plain.provenance[0].details["contrast"] == 1.0  # no contrast phase unless asked
+        gained = await client.request(GenSynthesize(model="m", neurons=[1, 0], per_neuron=2, steps=0, pool="p",
+                                                    init_std=0.0, max_contrast=1.5), GenImages)
+        gains = [p.details["contrast"] for p in gained.provenance]
+        assert all(1.0 <= g <= 1.5 + 1e-6 for g in gains)
+    with pytest.raises(ValueError, match="max_contrast"):
+        GenSynthesize(model="m", neurons=[0], max_contrast=0.9)

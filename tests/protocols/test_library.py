@@ -20,6 +20,7 @@ from protocols.library import (
     SysidProtocol,
 )
 from protocols.library.common import HeldoutConfig
+from protocols.library.maximize import SynthConfig
 from protocols.loader import load_protocol
 from protocols.simulate import SimConfig, main, simulate, simulate_file, simulate_session
 from protocols.steps import (
@@ -27,6 +28,7 @@ from protocols.steps import (
     Comparison,
     GenerateImages,
     ImageSet,
+    MaximizeSynthParams,
     PauseForOperator,
     PresentBlock,
     Retrain,
@@ -114,6 +116,15 @@ def test_maximize_finds_the_simulated_effects() -> None:
     assert by["max_normal"].median_percent_change == pytest.approx(50.0, abs=20.0)   # simulated gain 1.5
     assert by["max_synth"].n_significant >= n_matched - 1
     assert "max_synth vs random_normal" in analysis.summary
+
+
+def test_maximize_sends_its_synthesis_settings() -> None:
+    report = simulate(MaximizeProtocol(synth=SynthConfig(steps=30, init="pool", max_contrast=1.5)))
+    (synth,) = [r.step.params for r in report.records
+                if isinstance(r.step, GenerateImages) and r.step.request_id == "max_synth"]
+    assert isinstance(synth, MaximizeSynthParams)
+    assert (synth.steps, synth.init, synth.max_contrast) == (30, "pool", 1.5)
+    assert MaximizeProtocol().synth.max_contrast is None  # the init's default (the modelserver's)
 
 
 def test_maximize_on_earlier_heldout_block_in_one_session() -> None:
