@@ -32,9 +32,10 @@ import torch
 from modelserver.generate.confine import file_in, plain_name
 from modelserver.generate.limits import RequestLimits
 from modelserver.serving.versions import (
-    latest_version,
+    current_version,
     load_version,
     save_version,
+    set_current,
     version_infos,
     version_path,
     write_atomic,
@@ -131,9 +132,9 @@ class ModelServer:
         self._cancel = threading.Event()
         self._rpc: RpcServer | None = None
         self._pub: EventPublisher | None = None
-        latest = latest_version(self.versions_dir)
-        if latest is not None:
-            self._load(latest)
+        current = current_version(self.versions_dir)  # what it served before a restart
+        if current is not None:
+            self._load(current)
 
     def _register_generate(self) -> None:
         """The ``gen.*`` commands over this server's own models (``modelserver.generate.context``)."""
@@ -356,8 +357,7 @@ class ModelServer:
                 await self._publish(TrainDone(job_id=job_id, status="cancelled", message="cancelled"))
                 return
             version = await asyncio.to_thread(self._save_version, model, report)
-            with self._model_lock:
-                self.model, self.version = model, version
+            self._serve(model, version)
             await self._publish(TrainDone(job_id=job_id, status="done", version=version,
                                           message=f"{report.epochs} epochs, {report.stopped}"))
         except Exception as exc:
@@ -404,9 +404,13 @@ class ModelServer:
         return load_version(self.versions_dir, version, self.device)
 
     def _load(self, version: str) -> None:
-        model = self._read_version(version)
+        self._serve(self._read_version(version), version)
+
+    def _serve(self, model: DeepEnsemble, version: str) -> None:
+        """Serve ``model`` as ``version`` from now on, and after a restart (``versions/CURRENT``)."""
         with self._model_lock:
             self.model, self.version = model, version
+        set_current(self.versions_dir, version)
 
 
 async def serve(config: ModelServerConfig, ready: Callable[[ModelServer], None] | None = None) -> None:

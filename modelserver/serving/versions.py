@@ -23,8 +23,12 @@ from modelserver.training.ensemble import DeepEnsemble, FitReport
 from wire.errors import InvalidRequest, NotFound
 from wire.model import VersionInfo
 
-__all__ = ["latest_version", "load_version", "read_version", "save_version", "version_infos", "version_path",
-           "write_atomic"]
+__all__ = ["current_version", "latest_version", "load_version", "read_version", "save_version", "set_current",
+           "version_infos", "version_path", "write_atomic"]
+
+#: ``versions/CURRENT``: the id of the version the server serves (the newest trained one, or one an
+#: operator loaded back); a restarted server starts from it, so loading an older version survives a restart
+CURRENT_FILE = "CURRENT"
 
 
 def write_atomic(path: Path, write: Callable[[Any], Any]) -> None:
@@ -68,6 +72,22 @@ def latest_version(versions_dir: Path) -> str | None:
     return max(infos, key=lambda v: v.created).version if infos else None
 
 
+def set_current(versions_dir: Path, version: str) -> None:
+    """Record ``version`` as the one served (``versions/CURRENT``, written atomically)."""
+    version_path(versions_dir, version)  # a complete, well-formed version only
+    write_atomic(Path(versions_dir) / CURRENT_FILE, lambda f: f.write(version.encode()))
+
+
+def current_version(versions_dir: Path) -> str | None:
+    """The version ``versions/CURRENT`` names where it is a complete version, else the latest (or None)."""
+    with contextlib.suppress(OSError, UnicodeDecodeError, InvalidRequest, NotFound):
+        named = (Path(versions_dir) / CURRENT_FILE).read_text().strip()
+        version_path(versions_dir, named)
+        if (Path(versions_dir) / f"{named}.json").is_file():
+            return named
+    return latest_version(versions_dir)
+
+
 def load_version(versions_dir: Path, version: str, device: torch.device | str = "cpu") -> DeepEnsemble:
     """One saved version (tensors only: ``torch.load(weights_only=True)``)."""
     blob = torch.load(version_path(versions_dir, version), map_location="cpu", weights_only=True)
@@ -76,14 +96,15 @@ def load_version(versions_dir: Path, version: str, device: torch.device | str = 
 
 def read_version(data_dir: Path, version: str | None,
                  device: torch.device | str = "cpu") -> tuple[DeepEnsemble, str]:
-    """The ensemble of ``version`` (None: the latest) in a server's data folder, and its id.
+    """The ensemble of ``version`` (None: the current one, see :func:`current_version`) in a server's
+    data folder, and its id.
 
     Raises ``NotFound`` where there is no such version (or none at all), ``InvalidRequest`` for a
     malformed id.
     """
     versions_dir = Path(data_dir) / "versions"
     if version is None:
-        version = latest_version(versions_dir)
+        version = current_version(versions_dir)
         if version is None:
             raise NotFound(f"no model versions in {versions_dir}")
     return load_version(versions_dir, version, device), version

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 from pathlib import Path
 
 import numpy as np
@@ -9,9 +10,11 @@ import pytest
 import torch
 
 from modelserver.serving.server import ModelServer, ModelServerConfig
+from modelserver.serving.versions import CURRENT_FILE, current_version, latest_version, read_version
 from modelserver.training.ensemble import EnsembleConfig
 from wire.base import image_id
 from wire.errors import Busy, InvalidRequest, ModelError, NotFound
+from wire.messages import Ok
 from wire.model import (
     Exported,
     ExportVersion,
@@ -19,6 +22,7 @@ from wire.model import (
     Ingested,
     JobStarted,
     ListVersions,
+    LoadVersion,
     Predict,
     Prediction,
     ServerStatus,
@@ -109,6 +113,39 @@ async def test_round_trip(cfg: ModelServerConfig, tmp_path: Path) -> None:
         assert st.current_version == version and st.sessions[0].trials == 45
         pred2 = await client.request(Predict(session="s1", images=imgs[:7]), Prediction)
         np.testing.assert_allclose(pred2.responses, pred.responses, rtol=1e-5, atol=1e-6)
+
+
+async def _train(client: RpcClient) -> str:
+    await client.request(Train(), JobStarted)
+    for _ in range(600):
+        st = await client.request(Status(), ServerStatus)
+        if st.state == "idle":
+            assert st.current_version is not None
+            return st.current_version
+        await asyncio.sleep(0.1)
+    raise AssertionError("training did not finish in 60 s")
+
+
+async def test_a_loaded_back_version_survives_a_restart(cfg: ModelServerConfig) -> None:
+    """An operator (or the demo's comparison fit) loads an older version back: a restarted server
+    serves that one, not the newest file (versions/CURRENT)."""
+    torch.set_num_threads(1)
+    imgs, counts = _data()
+    async with ModelServer(cfg) as server, RpcClient(server.endpoint, timeout=30) as client:
+        await client.request(Ingest(session="s1", image_ids=[image_id(i) for i in imgs], counts=counts, images=imgs),
+                             Ingested)
+        first = await _train(client)
+        second = await _train(client)
+        assert second != first and (await client.request(ListVersions(), Versions)).current == second
+        await client.request(LoadVersion(version=first), Ok)
+    async with ModelServer(cfg) as server, RpcClient(server.endpoint, timeout=30) as client:
+        assert (await client.request(ListVersions(), Versions)).current == first
+    versions = cfg.data_dir / "versions"
+    assert read_version(cfg.data_dir, None)[1] == first  # the CLI's default version too
+    (versions / CURRENT_FILE).write_text("20990101-000000-abcdef")  # names a version that is gone
+    assert current_version(versions) == latest_version(versions) == second
+    (versions / CURRENT_FILE).write_text("../../etc/passwd")  # never a path
+    assert current_version(versions) == second
 
 
 async def test_unknown_version_is_not_found(cfg: ModelServerConfig) -> None:
