@@ -132,7 +132,7 @@ def distill_cmd(
     data_dir: Path = typer.Option(..., help="the server's data folder (training_set.h5, versions/)"),
     session: str = typer.Option(..., help="session whose neurons get compact models"),
     out: Path = typer.Option(..., help="folder for compact_model_<session>_neuron<k>.pt files"),
-    version: str | None = typer.Option(None, help="model version (default: the latest)"),
+    version: str | None = typer.Option(None, help="model version (default: the one the server serves, versions/CURRENT)"),
     pool: int = typer.Option(23552, help="labelled pool images for training"),
     heldout: int = typer.Option(1024, help="further pool images: half prune, half test"),
     filters: str = typer.Option("24,48,8,6,6", help="students' filters per layer before pruning"),
