@@ -18,7 +18,8 @@ randomly chosen V4 images, with the ensemble's median r against GT on 200 held-o
 Variants: ``plain`` is the synthesis before issue 16 (no ensemble agreement, no jitter),
 ``default`` the current :class:`SynthesisConfig` defaults, ``pool`` the defaults started from
 each neuron's top pool images, ``poolstart`` the settings the modelserver uses from the pool
-(``wire.generate.POOL_START_SYNTHESIS``); ``--set`` overrides a setting in every variant.
+(``wire.generate.POOL_START_SYNTHESIS``: a contrast phase, then pixel steps), ``poolpixels`` the
+same without the contrast phase; ``--set`` overrides a setting in every variant.
 """
 
 from __future__ import annotations
@@ -50,6 +51,7 @@ VARIANTS: dict[str, dict[str, Any]] = {
     "default": {},
     "pool": {},  # the defaults, started from the top pool images
     "poolstart": dict(POOL_START_SYNTHESIS),  # what the modelserver runs from the pool (wire.generate)
+    "poolpixels": {**POOL_START_SYNTHESIS, "max_contrast": 1.0},  # the same without the contrast phase
 }
 
 

@@ -21,8 +21,8 @@ own mean is scaled by a gain in 1..``max_contrast``, which ``contrast_steps`` si
 same objective's gradient (0.05 in log gain, jittered views) set per image. One number per image
 is a direction a model fitted on a few hundred images gets right far more often than its pixel
 gradient: on the ground truth of ``bench/causal_bench.py`` (ascent from the top pool images of
-models fitted to 575 images), the pixel ascent alone moved the response by -1 to +24 points of
-percent change and the contrast phase before it by +16 to +29 (docs/generation.md, Evidence).
+models fitted to 575 images), the pixel ascent alone beat the start images by 1 to 24 points of
+percent change, the contrast phase then pixels by 13 to 26 (docs/generation.md, Evidence).
 """
 
 from __future__ import annotations
