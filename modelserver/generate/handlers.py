@@ -200,14 +200,13 @@ def generation_handlers(ctx: GenerationContext, *, image_roots: Sequence[Path] |
         return await run(work)
 
     async def on_synthesize(cmd: GenSynthesize) -> Message:
-        check_synthesize(lim, len(cmd.neurons) * cmd.per_neuron,
-                         cmd.steps + (SynthesisConfig.contrast_steps if cmd.max_contrast > 1 else 0))
+        cfg = SynthesisConfig(steps=cmd.steps, step_size=cmd.step_size, lp_weight=cmd.lp_weight,
+                              tv_weight=cmd.tv_weight, spread_weight=cmd.spread_weight, jitter=cmd.jitter,
+                              scale_jitter=cmd.scale_jitter, init_std=cmd.init_std, diversity=cmd.diversity,
+                              max_contrast=cmd.max_contrast)
+        check_synthesize(lim, len(cmd.neurons) * cmd.per_neuron, cfg.gradient_steps)
 
         def work(stop: StopCheck) -> Message:
-            cfg = SynthesisConfig(steps=cmd.steps, step_size=cmd.step_size, lp_weight=cmd.lp_weight,
-                                  tv_weight=cmd.tv_weight, spread_weight=cmd.spread_weight, jitter=cmd.jitter,
-                                  scale_jitter=cmd.scale_jitter, init_std=cmd.init_std, diversity=cmd.diversity,
-                                  max_contrast=cmd.max_contrast)
             init = None
             if cmd.pool is not None:  # start from each neuron's top pool images
                 with ImagePool(ctx.pool_path(cmd.pool)) as pool:

@@ -69,6 +69,15 @@ class SynthesisConfig:
     contrast_steps: int = 20
     size: int = 112
 
+    @property
+    def contrast_phase_steps(self) -> int:
+        return self.contrast_steps if self.max_contrast > 1 else 0
+
+    @property
+    def gradient_steps(self) -> int:
+        """Model passes with gradients per image: the contrast phase's and the pixel ascent's."""
+        return self.contrast_phase_steps + self.steps
+
     def validate(self) -> None:
         if (self.steps < 0 or self.step_size <= 0 or self.size < 8 or self.spread_weight < 0
                 or not 0 <= self.jitter < self.size // 2 or not 0 <= self.scale_jitter < 0.5
@@ -146,7 +155,7 @@ def contrast_phase(model: ResponseModel, x: torch.Tensor, which: torch.Tensor, c
     mean = x.mean(dim=(1, 2, 3), keepdim=True)
     log_gain = torch.zeros_like(mean)
     top = math.log(cfg.max_contrast)
-    for _ in range(cfg.contrast_steps if cfg.max_contrast > 1 else 0):
+    for _ in range(cfg.contrast_phase_steps):
         stop_point(should_stop, "gen.synthesize")
         log_gain.requires_grad_(True)
         y = (mean + torch.exp(log_gain) * (x - mean)).clamp(0, 255)

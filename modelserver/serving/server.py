@@ -134,7 +134,7 @@ class ModelServer:
         self._pub: EventPublisher | None = None
         current = current_version(self.versions_dir)  # what it served before a restart
         if current is not None:
-            self._load(current)
+            self._load(current, remember=False)  # already versions/CURRENT (or the newest): nothing to write
 
     def _register_generate(self) -> None:
         """The ``gen.*`` commands over this server's own models (``modelserver.generate.context``)."""
@@ -403,14 +403,16 @@ class ModelServer:
     def _read_version(self, version: str) -> DeepEnsemble:
         return load_version(self.versions_dir, version, self.device)
 
-    def _load(self, version: str) -> None:
-        self._serve(self._read_version(version), version)
+    def _load(self, version: str, remember: bool = True) -> None:
+        self._serve(self._read_version(version), version, remember)
 
-    def _serve(self, model: DeepEnsemble, version: str) -> None:
-        """Serve ``model`` as ``version`` from now on, and after a restart (``versions/CURRENT``)."""
+    def _serve(self, model: DeepEnsemble, version: str, remember: bool = True) -> None:
+        """Serve ``model`` as ``version`` from now on, and with ``remember`` after a restart too
+        (``versions/CURRENT``)."""
         with self._model_lock:
             self.model, self.version = model, version
-        set_current(self.versions_dir, version)
+        if remember:
+            set_current(self.versions_dir, version)
 
 
 async def serve(config: ModelServerConfig, ready: Callable[[ModelServer], None] | None = None) -> None:
