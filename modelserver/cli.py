@@ -140,6 +140,8 @@ def distill_cmd(
     train_minutes: float = typer.Option(20.0),
     prune_minutes: float = typer.Option(5.0),
     finetune_minutes: float = typer.Option(5.0),
+    epochs: int = typer.Option(100, help="epochs of distillation and of fine-tuning at most (the minutes usually end them first; "
+                                        "set it with generous minutes for a run that does not depend on the machine's speed)"),
     seed: int = typer.Option(0),
     device: str = typer.Option("cpu", help="torch device: cpu, cuda, cuda:1, ..."),
     threads: int = typer.Option(0, help="torch CPU threads (0: torch's default)"),
@@ -170,7 +172,7 @@ def distill_cmd(
     try:
         cfg = CompressConfig(pool=pool, heldout=heldout, filters=tuple(int(v) for v in filters.split(",")),
                              shared=shared, train_minutes=train_minutes, prune_minutes=prune_minutes,
-                             finetune_minutes=finetune_minutes, seed=seed)
+                             finetune_minutes=finetune_minutes, epochs=epochs, seed=seed)
         check_out_dir(out, session, overwrite)
     except (ValueError, FileExistsError) as exc:
         fail(str(exc))
