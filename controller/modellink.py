@@ -4,8 +4,8 @@ Each recording session is one modelserver session (neurons are never matched acr
 sessions). Its neurons are the units that fired in the first ingested block, in natural
 order (unit "2" before "10"); a later trial that lacks one of them is not ingested, so a unit
 that was not recorded is never sent as a zero. Held-out blocks are not ingested: they are kept
-for matching neurons to models (``match_models``), which predicts them with the current
-version and scores each neuron by Pearson r against its repeat-averaged counts.
+for matching neurons to models (``match_models``, :mod:`controller.matching`), which predicts
+them with the current version and scores each pair of recorded and model neuron.
 """
 
 from __future__ import annotations
@@ -20,6 +20,7 @@ import numpy as np
 
 from controller.engine import Generated
 from controller.engine import _natural_key as natural_key
+from controller.matching import assign, repeats_array, score_matrix
 from protocols.analysis import TrialData
 from protocols.steps import (
     ActiveParams,
@@ -421,8 +422,9 @@ class ZmqModelLink:
 
     # -- match --------------------------------------------------------------------------------------
     async def match(self, step: MatchModels, data: TrialData, image_ids: list[str]) -> MatchResult:
-        """Match each recorded neuron to the best model neuron of any session the current version
-        predicts (Cowley et al.: models fitted on earlier days, chosen by held-out prediction)."""
+        """Match recorded neurons to model neurons of the sessions the current version predicts
+        (Cowley et al.: models fitted on earlier days, chosen by held-out prediction), by the
+        step's metric and assignment rule (:mod:`controller.matching`)."""
         await self._reachable()
         versions = await self.client.request(ListVersions(), Versions)
         info = next((v for v in versions.versions if v.version == versions.current), None)
@@ -430,24 +432,16 @@ class ZmqModelLink:
             raise ModelError("no trained model to match neurons with")
         self.version = info.version
         candidates = [m for m in (step.models or sorted(info.sessions)) if m in info.sessions]
-        uniq = list(dict.fromkeys(image_ids))
-        rows = np.asarray([uniq.index(i) for i in image_ids])
-        means = np.stack([np.nanmean(data.counts[rows == k], axis=0) for k in range(len(uniq))])  # (images, neurons)
+        uniq, raw = repeats_array(data.counts, image_ids)
         pixels = np.stack([self.pixels(i) for i in uniq])
-        best: dict[int, tuple[float, str, int]] = {}
+        scores = {}
         for sess in candidates:
             pred = await self.client.request(Predict(session=sess, images=pixels), Prediction, timeout=120.0)
-            for j in range(data.n_neurons):
-                for m, p in enumerate(np.asarray(pred.responses)):
-                    r = _pearson(means[:, j], p)
-                    if r is not None and r > best.get(j, (-2.0, "", 0))[0]:
-                        best[j] = (r, sess, m)
-        self.matched = {j: (sess, m) for j, (r, sess, m) in best.items() if r >= step.min_score}
-        matches = [NeuronMatch(neuron=j, model_id=f"{self.version}/{sess}#{m}", score=r)
-                   for j, (r, sess, m) in best.items() if r >= step.min_score]
-        matches.sort(key=lambda x: -x.score)
-        if step.max_neurons is not None:
-            matches = matches[:step.max_neurons]
+            scores[sess] = score_matrix(raw, np.asarray(pred.responses), step.metric)
+        chosen = assign(scores, step.assignment, step.min_score)[:step.max_neurons]
+        self.matched = {x.neuron: (x.session, x.model) for x in chosen}
+        matches = [NeuronMatch(neuron=x.neuron, model_id=f"{self.version}/{x.session}#{x.model}", score=x.score)
+                   for x in chosen]
         return MatchResult(matches=matches, n_neurons=data.n_neurons)
 
 
@@ -476,10 +470,3 @@ def _merge(parts: list[Generated]) -> Generated:
         first.pixels.update(g.pixels)
         first.picks.extend(g.picks)
     return first
-
-
-def _pearson(y: np.ndarray, p: np.ndarray) -> float | None:
-    ok = np.isfinite(y)
-    if ok.sum() < 3 or np.std(y[ok]) == 0 or np.std(p[ok]) == 0:
-        return None
-    return float(np.corrcoef(y[ok], p[ok])[0, 1])

@@ -330,9 +330,12 @@ class GenerateImages(Step):
 class MatchModels(Step):
     """Match recorded neurons to models by prediction performance on held-out blocks.
 
-    For each neuron the engine scores the candidate models (``models``: ids, or all the
-    modelserver has) on the held-out trials (noise-corrected r, Cowley et al.) and keeps the
-    best one if its score is at least ``min_score``.
+    The engine scores each recorded neuron against every neuron of the candidate model sessions
+    (``models``: ids, or all the current version predicts) on the held-out trials by ``metric``
+    (Pearson r against the repeat means, or the noise-corrected R2 signed by r) and keeps pairs
+    scoring at least ``min_score``. ``assignment`` ``best``: each recorded neuron its best model
+    neuron anywhere (several may share one); ``one_to_one``: one model session, each of its
+    neurons for at most one recorded neuron (the same population recorded again).
     """
 
     kind: Literal["match_models"] = "match_models"
@@ -341,6 +344,7 @@ class MatchModels(Step):
     metric: Literal["pearson_r", "r2_er"] = "pearson_r"
     min_score: float = Field(default=0.5, ge=-1.0, le=1.0)
     max_neurons: int | None = Field(default=None, ge=1, description="keep only the best matched neurons")
+    assignment: Literal["best", "one_to_one"] = "best"
 
 
 class Analyse(Step):

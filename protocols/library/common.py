@@ -72,6 +72,9 @@ class MatchConfig(Config):
     min_score: float = Field(default=0.5, ge=-1.0, le=1.0)
     max_neurons: int | None = Field(default=None, ge=1)
     models: list[Ident] | None = None
+    assignment: Literal["best", "one_to_one"] = Field(
+        default="best", description="best: each neuron its best model neuron (may share); one_to_one: one "
+                                    "model session, each model neuron for one recorded neuron")
 
 
 class AnalysisConfig(Config):
@@ -119,7 +122,8 @@ def match_neurons(proto: ProtocolBase, heldout: HeldoutConfig,
         yield from show_and_ingest(block, heldout=True)
     result = yield from call(MatchModels(heldout_blocks=heldout.block_ids, models=match.models,
                                          metric=match.metric, min_score=match.min_score,
-                                         max_neurons=match.max_neurons), MatchResult)
+                                         max_neurons=match.max_neurons, assignment=match.assignment),
+                             MatchResult)
     if not result.matches:
         yield from call(PauseForOperator(
             message=f"no neuron reached {match.metric} >= {match.min_score} on the held-out images; "

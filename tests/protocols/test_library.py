@@ -19,7 +19,7 @@ from protocols.library import (
     SmoothProtocol,
     SysidProtocol,
 )
-from protocols.library.common import HeldoutConfig
+from protocols.library.common import HeldoutConfig, MatchConfig
 from protocols.library.maximize import SynthConfig
 from protocols.loader import load_protocol
 from protocols.simulate import SimConfig, main, simulate, simulate_file, simulate_session
@@ -28,6 +28,7 @@ from protocols.steps import (
     Comparison,
     GenerateImages,
     ImageSet,
+    MatchModels,
     MaximizeSynthParams,
     PauseForOperator,
     PresentBlock,
@@ -125,6 +126,16 @@ def test_maximize_sends_its_synthesis_settings() -> None:
     assert isinstance(synth, MaximizeSynthParams)
     assert (synth.steps, synth.init, synth.max_contrast) == (30, "pool", 1.5)
     assert MaximizeProtocol().synth.max_contrast is None  # the init's default (the modelserver's)
+
+
+def test_causal_protocols_send_their_match_settings() -> None:
+    match = MatchConfig(metric="r2_er", min_score=0.2, max_neurons=3, assignment="one_to_one")
+    for proto in (MaximizeProtocol(match=match), AdversarialProtocol(match=match), SmoothProtocol(match=match)):
+        (step,) = [r.step for r in simulate(proto).records if isinstance(r.step, MatchModels)]
+        assert (step.metric, step.min_score, step.max_neurons, step.assignment) == ("r2_er", 0.2, 3, "one_to_one")
+    assert MatchModels(heldout_blocks=["h"]).assignment == "best"
+    with pytest.raises(ValueError, match="assignment"):
+        MatchConfig(assignment="hungarian")  # type: ignore[arg-type]
 
 
 def test_maximize_on_earlier_heldout_block_in_one_session() -> None:
