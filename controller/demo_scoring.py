@@ -112,12 +112,14 @@ async def maximize_truth(path: Path, rig: RigLink, *, seed: int = 0) -> dict[str
     return out
 
 
-def _pair_ci(test: np.ndarray, ref: np.ndarray, rng: np.random.Generator) -> list[float]:
-    """Bootstrap over images (each condition resampled) of the percent change of the means."""
+def _pair_ci(test: np.ndarray, ref: np.ndarray, rng: np.random.Generator, paired: bool = False) -> list[float]:
+    """95% bootstrap interval over images of the percent change of the means: each condition's
+    images resampled on their own, or, ``paired`` (``test[k]`` made from ``ref[k]``), the pairs."""
     if len(test) < 2 or len(ref) < 2:
         return [float("nan"), float("nan")]
-    t = test[rng.integers(0, len(test), size=(_BOOT, len(test)))].mean(1)
-    r = ref[rng.integers(0, len(ref), size=(_BOOT, len(ref)))].mean(1)
+    it = rng.integers(0, len(test), size=(_BOOT, len(test)))
+    t = test[it].mean(1)
+    r = ref[it if paired else rng.integers(0, len(ref), size=(_BOOT, len(ref)))].mean(1)
     with np.errstate(divide="ignore", invalid="ignore"):  # a resample of silent base images: no ratio
         ratio = 100 * (t - r) / r
     ok = ratio[np.isfinite(ratio)]
@@ -147,7 +149,7 @@ async def paired_truth(path: Path, rig: RigLink, block_id: str, kinds: Sequence[
             test = (await rig.rates(b.stack([i for i, _ in pairs])))[:, j]
             ref = (await rig.rates(b.stack([s for _, s in pairs])))[:, j]
             per[j] = float(100 * (test.mean() - ref.mean()) / ref.mean())
-            per_ci[j] = _pair_ci(test, ref, rng)
+            per_ci[j] = _pair_ci(test, ref, rng, paired=True)
         out[key] = _entry(per, per_ci, key, rng, direction)
     return out
 
