@@ -43,6 +43,9 @@ def serve_cmd(
     ray: str | None = typer.Option(None, help="run the heavy work on a Ray cluster: auto (the one 'ray start' "
                                               "runs here), local (a private one) or its address"),
     ray_gpus: float = typer.Option(1.0, help="GPUs per member task or pool scorer on a Ray cluster with GPUs"),
+    generate: bool = typer.Option(True, "--generate/--no-generate",
+                                  help="serve the gen.* image commands too (--no-generate: training and "
+                                       "prediction only)"),
     verbose: bool = typer.Option(False, "--verbose", "-v"),
 ) -> None:
     """Serve ``wire.model`` commands until interrupted.
@@ -74,7 +77,8 @@ def serve_cmd(
         fail(str(exc))
     cfg = ModelServerConfig(data_dir=data_dir, endpoint=endpoint, events_endpoint=events, device=device,
                             threads=threads or None, v4_dir=v4_dir, curve=curve, insecure=insecure,
-                            image_roots=list(image_root), ensemble=ens, ray=ray or None, ray_gpus=ray_gpus)
+                            image_roots=list(image_root), ensemble=ens, ray=ray or None, ray_gpus=ray_gpus,
+                            generate=generate)
 
     def ready(server: ModelServer) -> None:
         print(f"modelserver ready rpc={server.endpoint} events={server.events_endpoint} device={server.device}",

@@ -122,7 +122,8 @@ class ModelServer:
             from modelserver.cluster import RayCluster
 
             self.cluster = RayCluster.connect(config.ray, gpus=config.ray_gpus)
-        self._register_generate()
+        if config.generate:
+            self._register_generate()
         self.model: DeepEnsemble | None = None
         self.version: str | None = None
         self._model_lock = threading.Lock()

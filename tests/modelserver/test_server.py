@@ -169,7 +169,20 @@ def test_extra_handlers_are_served(cfg: ModelServerConfig) -> None:
     try:
         table = server.handlers()
         assert table[Ping] is custom
-        if importlib.util.find_spec("modelserver.generate.handlers") is not None:
-            assert any(cls.__name__.startswith("Gen") for cls in table)
+        assert importlib.util.find_spec("modelserver.generate.handlers") is not None
+        assert any(cls.__name__.startswith("Gen") for cls in table)
+    finally:
+        server.dataset.close()
+
+
+def test_generate_false_serves_no_generation(cfg: ModelServerConfig) -> None:
+    """``generate=False``: a training-only server; ``gen.*`` commands are not in its table."""
+    from dataclasses import replace
+
+    server = ModelServer(replace(cfg, generate=False))
+    try:
+        table = server.handlers()
+        assert Predict in table
+        assert not any(cls.__name__.startswith("Gen") for cls in table)
     finally:
         server.dataset.close()
