@@ -33,6 +33,18 @@ REPO = Path(__file__).resolve().parents[1]
 _PR_SET_PDEATHSIG = 1
 
 
+def stop_process(proc: subprocess.Popen[str], grace: float, name: str = "") -> int:
+    """SIGTERM, then SIGKILL after ``grace`` seconds; returns the exit code (logged when killed)."""
+    if proc.poll() is None:
+        proc.terminate()
+    try:
+        return proc.wait(grace)
+    except subprocess.TimeoutExpired:
+        log.warning("%s did not stop within %g s: killed", name or f"process {proc.pid}", grace)
+        proc.kill()
+        return proc.wait()
+
+
 def _death_signal() -> Callable[[], None] | None:
     """A pre-exec hook asking Linux to SIGTERM the child when its parent dies (None elsewhere).
 
@@ -119,11 +131,4 @@ class Child:
 
     def stop(self, grace: float = 15.0) -> int:
         """SIGTERM, then SIGKILL after ``grace`` seconds; returns the exit code."""
-        if self.proc.poll() is None:
-            self.proc.terminate()
-        try:
-            return self.proc.wait(grace)
-        except subprocess.TimeoutExpired:
-            log.warning("%s did not stop within %g s: killed", self.name, grace)
-            self.proc.kill()
-            return self.proc.wait()
+        return stop_process(self.proc, grace, self.name)

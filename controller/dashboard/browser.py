@@ -19,6 +19,8 @@ import threading
 from pathlib import Path
 from typing import Any
 
+from controller.children import stop_process
+
 REPO = Path(__file__).resolve().parents[2]
 CHROMIUM = "/usr/bin/chromium"
 CHROMEDRIVER = "/usr/bin/chromedriver"
@@ -68,13 +70,7 @@ class RunningSession:
         return "".join(self.lines[-60:])
 
     def stop(self, timeout: float = 60.0) -> int:
-        if self.proc.poll() is None:
-            self.proc.terminate()
-        try:
-            return self.proc.wait(timeout)
-        except subprocess.TimeoutExpired:
-            self.proc.kill()
-            return self.proc.wait()
+        return stop_process(self.proc, timeout, "cortexloop run")
 
 
 def start_session(out: Path, session_id: str, overrides: list[str] | None = None,
