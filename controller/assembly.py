@@ -2,7 +2,9 @@
 
 ``cortexloop run``, ``cortexloop demo`` and ``cortexloop replay`` all go through :func:`assemble`.
 The parts are built first, each from its section of :class:`~controller.config.RunConfig`
-(started here as a child process, or reached at its endpoints), then connected in one place:
+(started here as a child process, or reached at its endpoints), then connected in one place. The
+stimserver (then the virtual rig, which needs its events endpoint) and the modelserver start side
+by side while the image library loads; if one fails, the others are stopped and its error is raised.
 
 ============  ==========================================================================
 stimserver    ``stim``: a ``python -m stimserver`` child, or a running server's endpoints
@@ -26,15 +28,16 @@ that fails before its start document is written leaves no file behind.
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import json
 import logging
 import time
 import uuid
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator, Callable, Coroutine
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 import numpy as np
 
@@ -59,6 +62,9 @@ log = logging.getLogger(__name__)
 __all__ = ["Session", "assemble", "build_images", "run_protocol"]
 
 #: (events endpoint of the stimserver, the engine's pixel store) -> an acquisition source
+A = TypeVar("A")
+B = TypeVar("B")
+C = TypeVar("C")
 SourceFactory = Callable[[str, dict[str, np.ndarray]], AcquisitionSource]
 
 
@@ -132,18 +138,28 @@ async def assemble(cfg: RunConfig, protocol: ProtocolBase, *, resume: bool = Fal
     store, docs = _open_store(path, resume)
     try:
         async with contextlib.AsyncExitStack() as stack:
-            if images is None:
-                images, heldback = build_images(cfg)
-            else:
-                heldback = np.zeros((0, *images.images.shape[1:]), np.uint8)
             pixels: dict[str, np.ndarray] = {}
             children: dict[str, Child] = {}
-            rpc, events = await stack.enter_async_context(_stimserver(cfg, children))
+            live = source_factory is None and recording is None
+
+            async def stim_and_acquisition() -> tuple[str, str, tuple[AcquisitionSource, RigLink | None] | None]:
+                rpc, events = await stack.enter_async_context(_stimserver(cfg, children))
+                acq = await stack.enter_async_context(_acquisition(cfg, events, children, session_id)) if live else None
+                return rpc, events, acq
+
+            async def library() -> tuple[ImageLibrary, np.ndarray]:
+                if images is None:
+                    return await asyncio.to_thread(build_images, cfg)
+                return images, np.zeros((0, *images.images.shape[1:]), np.uint8)
+
+            # the children start side by side (the rig needs the stimserver's events endpoint), and the
+            # image library loads meanwhile: a session is ready in the time of its slowest part
+            (rpc, events, acq), model_eps, (lib, heldback) = await _concurrently(
+                stim_and_acquisition(), stack.enter_async_context(_modelserver(cfg, children)), library())
             stim = await stack.enter_async_context(StimLink(rpc, events, curve=_client_keys(cfg, "stim", rpc)))
-            model_eps = await stack.enter_async_context(_modelserver(cfg, children))
             models: ModelLink | None = None
             if model_eps is not None:
-                models = await stack.enter_async_context(_model_link(cfg, model_eps, session_id, pixels, images))
+                models = await stack.enter_async_context(_model_link(cfg, model_eps, session_id, pixels, lib))
             rig: RigLink | None = None
             if source_factory is not None:
                 source = source_factory(events, pixels)
@@ -152,12 +168,13 @@ async def assemble(cfg: RunConfig, protocol: ProtocolBase, *, resume: bool = Fal
 
                 source = SilentSource()
             else:
-                source, rig = await stack.enter_async_context(_acquisition(cfg, events, children, session_id))
+                assert acq is not None
+                source, rig = acq
             rig_part = w("rig", rig)
             engine = Engine(EngineConfig(session_id=session_id, rig=cfg.rig, subject=cfg.subject, seed=cfg.seed,
                                          refresh_hz=cfg.stim.refresh_hz),
                             store=w("store", store), stim=w("stim", stim), source=w("source", source),
-                            binner=_binner(cfg), images=images, models=w("models", models), pixels=pixels,
+                            binner=_binner(cfg), images=lib, models=w("models", models), pixels=pixels,
                             recording=recording, image_listeners=[rig_part.load] if rig_part is not None else [])
             if on_status is not None:
                 engine.on_status(on_status)
@@ -169,7 +186,7 @@ async def assemble(cfg: RunConfig, protocol: ProtocolBase, *, resume: bool = Fal
             extra = dict(record or {})
             if cfg.acquisition.control is not None and recording is None:  # RECORD now, back after the session
                 extra["openephys_recording"] = await stack.enter_async_context(_openephys(cfg, session_id))
-            yield Session(engine, store, path, cfg, protocol, images, heldback, model_eps, rig, children, extra)
+            yield Session(engine, store, path, cfg, protocol, lib, heldback, model_eps, rig, children, extra)
     finally:
         store.close()
         if not docs and not _has_start(path):
@@ -185,6 +202,20 @@ async def run_protocol(protocol: ProtocolBase, cfg: RunConfig, *, resume: bool =
 
 
 # --- parts -----------------------------------------------------------------------------------------
+async def _concurrently(first: Coroutine[Any, Any, A], second: Coroutine[Any, Any, B],
+                        third: Coroutine[Any, Any, C]) -> tuple[A, B, C]:
+    """Await all three side by side; when one fails the others are cancelled (a child being started
+    is stopped) and that failure is raised as itself, not as an exception group."""
+    try:
+        async with asyncio.TaskGroup() as tg:
+            a, b, c = tg.create_task(first), tg.create_task(second), tg.create_task(third)
+    except BaseExceptionGroup as group:
+        for extra in group.exceptions[1:]:
+            log.warning("also failed while starting: %r", extra)
+        raise group.exceptions[0] from None
+    return a.result(), b.result(), c.result()
+
+
 def _server_keys(cfg: RunConfig, part: str) -> list[str]:
     """The CURVE options of a started child (``part``: stim, model or rig), key files checked; none
     without a ``keys`` section or when it sets this server to null."""

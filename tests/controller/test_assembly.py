@@ -166,6 +166,31 @@ async def test_a_failed_start_leaves_no_session_file(tmp_path: Path) -> None:
     assert list(tmp_path.glob("*.h5")) == []
 
 
+def _processes_naming(text: str) -> list[int]:
+    """Live processes whose command line contains ``text``."""
+    pids = []
+    for proc in Path("/proc").iterdir():
+        try:
+            if proc.name.isdigit() and text in (proc / "cmdline").read_bytes().decode(errors="replace"):
+                pids.append(int(proc.name))
+        except OSError:  # gone meanwhile
+            continue
+    return pids
+
+
+async def test_a_part_that_fails_to_start_stops_the_ones_starting_beside_it(tmp_path: Path) -> None:
+    """The children start side by side: the stimserver's failure is raised as itself (not an
+    exception group), and the modelserver that was starting meanwhile is stopped, not left running."""
+    proto = load_protocol(EXAMPLES / "script.yaml", overrides=SCRIPT_SHRINK)
+    cfg = quiet(tmp_path, stim=StimConfig(extra_args=["--no-such-option"]),
+                model=ModelConfig(members=1, max_epochs=1, session_epochs=1, block_epochs=1, threads=1))
+    with pytest.raises(ServerUnavailable, match="stimserver exited"):
+        await run_protocol(proto, cfg)
+    assert cfg.model_dir().is_dir()  # the modelserver had been started beside the stimserver
+    assert _processes_naming(str(cfg.model_dir())) == []
+    assert list(tmp_path.glob("*.h5")) == []
+
+
 async def test_an_existing_session_file_is_refused_without_resume(tmp_path: Path) -> None:
     proto = load_protocol(EXAMPLES / "script.yaml", overrides=SCRIPT_SHRINK)
     path = tmp_path / "s1.h5"
