@@ -341,7 +341,8 @@ class ZmqModelLink:
             cmd: GenAdversarial | GenSmooth
             if isinstance(p, AdversarialParams):  # epsilon: an L2 budget in 0..1 pixel units
                 cmd = GenAdversarial(model=model, neurons=neurons, base_images=images, direction=p.direction,
-                                     max_l2=p.epsilon * 255.0, max_abs=p.max_abs, blur=p.blur, steps=p.steps)
+                                     max_l2=p.epsilon * 255.0, max_abs=p.max_abs, blur=p.blur, steps=p.steps,
+                                     jitter=p.jitter, scale_jitter=p.scale_jitter, seed=seed)
             else:
                 cmd = GenSmooth(model=model, neurons=neurons, base_images=images, sigma=p.sigma, seed=seed,
                                 grid=p.grid, max_patches=p.max_patches, shortlist=p.shortlist)

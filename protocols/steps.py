@@ -234,7 +234,8 @@ class AdversarialParams(_GenParams):
     """Adversarial images around ``base_ids`` (or random pool images): ``direction`` + raises the
     response of the target neurons, - lowers it, within an L2 budget ``epsilon`` (pixel units 0..1)
     and a largest pixel change ``max_abs`` (0..255); ``blur`` > 0 takes smooth steps (see
-    :func:`modelserver.generate.adversarial.adversarial`), 0 signed-gradient steps."""
+    :func:`modelserver.generate.adversarial.adversarial`), 0 signed-gradient steps; ``jitter`` and
+    ``scale_jitter`` take each step on a randomly shifted and rescaled view (0 and 0: the image as is)."""
 
     generator: Literal["adversarial"] = "adversarial"
     neurons: Neurons = Field(min_length=1)
@@ -242,6 +243,8 @@ class AdversarialParams(_GenParams):
     epsilon: float = Field(default=8.0, gt=0)
     max_abs: float = Field(default=32.0, gt=0, le=255)
     blur: float = Field(default=2.0, ge=0, le=16)
+    jitter: int = Field(default=8, ge=0, le=32, description="each step's view shifted by up to this many pixels")
+    scale_jitter: float = Field(default=0.15, ge=0, lt=0.5, description="each step's view rescaled by 1 +- this")
     steps: int = Field(default=50, ge=1)
     base_ids: list[Ident] | None = Field(default=None, description="base images (None: library draws)")
     bases: BaseChoice = "driving"

@@ -128,6 +128,9 @@ class GenAdversarial(Message):
     steps: int | None = Field(default=None, ge=1, le=100_000)
     blur: float = Field(default=0.0, ge=0, le=16,
                         description="> 0: smooth steps (gradient blurred by this many pixels, L2-scaled; needs max_l2)")
+    jitter: int = Field(default=0, ge=0, le=32, description="each step's view shifted by up to this many pixels")
+    scale_jitter: float = Field(default=0.0, ge=0, lt=0.5, description="each step's view rescaled by 1 +- this")
+    seed: Seed = 0
 
     @model_validator(mode="after")
     def _blur_needs_l2(self) -> GenAdversarial:

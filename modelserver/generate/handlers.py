@@ -235,7 +235,7 @@ def generation_handlers(ctx: GenerationContext, *, image_roots: Sequence[Path] |
         def work(stop: StopCheck) -> Message:
             gen = adversarial(ctx.response_model(cmd.model), cmd.base_images, cmd.neurons, cmd.direction,
                               cmd.max_abs, cmd.max_l2, cmd.step, cmd.steps, device=ctx.device, should_stop=stop,
-                              blur=cmd.blur)
+                              blur=cmd.blur, jitter=cmd.jitter, scale_jitter=cmd.scale_jitter, seed=cmd.seed)
             return to_reply(_named(gen, cmd.model))
         return await run(work)
 

@@ -97,12 +97,15 @@ class AdversarialProtocol(_PairedProtocol):
     max_abs: float = Field(default=32.0, gt=0, le=255, description="largest change of one pixel (0..255)")
     blur: float = Field(default=2.0, ge=0, le=16,
                         description="smooth steps: gradient blur in pixels (0: signed-gradient steps)")
+    jitter: int = Field(default=8, ge=0, le=32, description="each step's view shifted by up to this many pixels")
+    scale_jitter: float = Field(default=0.15, ge=0, lt=0.5, description="each step's view rescaled by 1 +- this")
     steps: int = Field(default=50, ge=1)
 
     def _kinds(self, neurons: list[int]) -> list[tuple[str, GeneratorParams, Alternative]]:
         def params(direction: Literal["+", "-"]) -> AdversarialParams:
             return AdversarialParams(neurons=neurons, direction=direction, epsilon=self.epsilon,
-                                     max_abs=self.max_abs, blur=self.blur, steps=self.steps, bases=self.bases)
+                                     max_abs=self.max_abs, blur=self.blur, steps=self.steps, bases=self.bases,
+                                     jitter=self.jitter, scale_jitter=self.scale_jitter)
         return [("adv+", params("+"), "greater"), ("adv-", params("-"), "less")]
 
 

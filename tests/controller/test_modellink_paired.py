@@ -7,6 +7,7 @@ from typing import Any
 import numpy as np
 
 from controller.modellink import BASE_CANDIDATES, ZmqModelLink
+from protocols.library.paired import AdversarialProtocol
 from protocols.steps import GenerateImages, MaximizeSynthParams, SmoothParams
 from wire.base import image_id
 from wire.generate import (
@@ -25,6 +26,9 @@ from wire.model import Predict, Prediction
 class CountingClient:
     def __init__(self) -> None:
         self.sent: list[Any] = []
+
+    async def ping(self, timeout: float | None = None) -> None:
+        return None
 
     async def request(self, cmd: Any, reply_type: type, timeout: float | None = None) -> GenImages:
         self.sent.append(cmd)
@@ -139,3 +143,21 @@ async def test_synthesis_from_the_pool_sends_the_pool_start_settings() -> None:
     noise = await sent(init="noise")
     assert noise.pool is None and noise.max_contrast == 1.0 and noise.init_std > 0  # the wire defaults
     assert (await sent(init="noise", max_contrast=1.5)).max_contrast == 1.5
+
+
+async def test_adversarial_protocol_jitter_reaches_the_modelserver() -> None:
+    """The protocol's jitter settings and the step's seed travel in the request (the defaults jitter)."""
+    bases = [np.full((8, 8, 3), v, np.uint8) for v in (10, 20, 30)]
+    link = ZmqModelLink("tcp://127.0.0.1:9", "tcp://127.0.0.1:9", session_id="s", pixels=lambda i: None,
+                        base_images=lambda n, s: bases[:n])
+    client = CountingClient()
+    link.client = client  # type: ignore[assignment]
+    link.matched = {0: ("day1", 2)}
+    for proto, want in ((AdversarialProtocol(bases="random"), (8, 0.15)),
+                        (AdversarialProtocol(bases="random", jitter=0, scale_jitter=0.0), (0, 0.0))):
+        params = proto._kinds([0])[0][1]
+        step = GenerateImages(request_id="adv+", n_images=3, params=params, timeout_s=10)
+        await link.generate(step, seed=7)
+        cmd = client.sent[-1]
+        assert isinstance(cmd, GenAdversarial) and cmd.model == "day1" and cmd.neurons == [2, 2, 2]
+        assert (cmd.jitter, cmd.scale_jitter, cmd.seed) == (*want, 7)

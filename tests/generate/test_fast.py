@@ -20,6 +20,7 @@ from modelserver.generate.models import (
     MemberEnsemble,
     paired_responses,
     perturbed_ensemble,
+    pixels_to_input,
 )
 from modelserver.generate.pool import (
     ImagePool,
@@ -269,6 +270,37 @@ def test_adversarial_smooth_steps_stay_in_budget_and_are_smooth(small_stack: Com
     assert roughness(smooth) < 0.5 * roughness(signed)
     with pytest.raises(InvalidRequest, match="L2 budget"):
         adversarial(small_stack, base, [0, 1, 2, 3], "+", blur=2.0)
+
+
+def test_adversarial_jittered_steps_hold_under_shifts(small_stack: CompactStack) -> None:
+    """Steps taken on shifted and rescaled views: the budget holds, the seed fixes the result, and
+    the change raises the response of shifted copies of the image more than a change tuned to one
+    position does."""
+    base = random_images(4, seed=17)
+    kw = {"max_abs": 16, "max_l2": 400.0, "steps": 20, "blur": 2.0}
+    still = adversarial(small_stack, base, [0, 1, 2, 3], "+", **kw)  # type: ignore[arg-type]
+    moved = adversarial(small_stack, base, [0, 1, 2, 3], "+", jitter=6, scale_jitter=0.1, seed=3, **kw)  # type: ignore[arg-type]
+    again = adversarial(small_stack, base, [0, 1, 2, 3], "+", jitter=6, scale_jitter=0.1, seed=3, **kw)  # type: ignore[arg-type]
+    other = adversarial(small_stack, base, [0, 1, 2, 3], "+", jitter=6, scale_jitter=0.1, seed=4, **kw)  # type: ignore[arg-type]
+    assert np.array_equal(moved.images, again.images) and not np.array_equal(moved.images, other.images)
+    change = moved.images.astype(float) - base
+    assert np.abs(change).max() <= 16 and np.linalg.norm(change.reshape(4, -1), axis=1).max() <= 400.0
+    assert all(p.score > p.details["base_response"] for p in moved.picks)
+
+    def gain_under_shifts(gen: Generated) -> float:  # mean rise over shifts of base and change alike
+        def shifted(images: np.ndarray, dy: int, dx: int) -> torch.Tensor:
+            moved = np.roll(images, (dy, dx), axis=(1, 2))
+            with torch.no_grad():
+                out: torch.Tensor = small_stack(pixels_to_input(torch.as_tensor(moved).permute(0, 3, 1, 2).float()))
+            return out
+        rises = []
+        for dy, dx in ((-5, 0), (5, 0), (0, -5), (0, 5), (4, 4), (-4, -4)):
+            r, r0 = shifted(gen.images, dy, dx), shifted(base, dy, dx)
+            rises.append((r - r0)[torch.arange(4), torch.arange(4)].mean().item())
+        return float(np.mean(rises))
+    assert gain_under_shifts(moved) > 1.5 * gain_under_shifts(still)
+    with pytest.raises(InvalidRequest, match="scale_jitter"):
+        adversarial(small_stack, base, [0, 1, 2, 3], "+", scale_jitter=0.6, **kw)  # type: ignore[arg-type]
 
 
 def test_smooth_shortlist_tries_fewer_patches_and_still_lowers(small_stack: CompactStack) -> None:
