@@ -15,10 +15,9 @@ With ``jitter`` / ``scale_jitter`` each step's gradient is taken on a randomly s
 ``jitter`` pixels) and rescaled (1 +- ``scale_jitter``) view of the image, as synthesis does: the
 change must raise or lower the model's response wherever the image falls by a few pixels, which
 carries over to the neuron better than a change tuned to one exact position (the "input
-diversity" of transfer attacks). On the live demo's own models and base images (neurons 0-7),
-8 pixels and 0.15 raised adv+ from +13.0% to +17.7% (6 to 8 of 8 neurons) with the readouts
-the demo used, and +9.6 to +13.0% and +22.5 to +24.0% with the other two sessions' readouts;
-see docs/generation.md.
+diversity" of transfer attacks). Re-made offline with a 0-7 demo's own models and base
+images (``bench/adversarial_live.py``), 8 pixels and 0.15 raised adv+ from +14.0% to +17.7% (7 to 8
+of 8 neurons) and, on another run's, from +18.6% to +25.4%; see docs/generation.md.
 """
 
 from __future__ import annotations
