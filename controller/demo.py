@@ -23,9 +23,10 @@ from __future__ import annotations
 import asyncio
 import json
 import time
+from collections.abc import Awaitable
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 import numpy as np
 import yaml
@@ -63,6 +64,8 @@ REPO = Path(__file__).resolve().parents[1]
 DEFAULT_DATA = REPO.parent / "shared" / "data" / "v4"
 #: the demo's day: a schedule file any rig can run (``cortexloop run demo_day.yaml --config RIG``)
 DEMO_DAY = REPO / "protocols" / "examples" / "demo_day.yaml"
+T = TypeVar("T")
+U = TypeVar("U")
 
 
 @dataclass
@@ -207,13 +210,15 @@ async def run_demo(data: Path | None, out: Path, *, sessions: int | None = None,
                   f"smooth{'; random-pick and no-shared-core comparisons' if compare else ''}; ground truth: {truth}; "
                   f"device {settings.device}; output in {out}")
     with SessionProgress(console) as progress:
-        day = await run_schedule(demo_schedule(settings), cfg.model_copy(update={"session_id": "demo"}),
-                                 after_session=scorer.after, on_status=progress.update)
-        if compare:  # the same sysid sessions, random pool images in place of the active picks (own modelserver)
-            twin = cfg.model_copy(update={"session_id": "demo-random", "model": cfg.model.model_copy(
-                update={"data_dir": out / "modelserver-random"})})
-            await run_schedule(demo_schedule(settings, strategy="random", causal=False), twin,
+        day_run = run_schedule(demo_schedule(settings), cfg.model_copy(update={"session_id": "demo"}),
                                after_session=scorer.after, on_status=progress.update)
+        if compare:  # the same sysid sessions with random pool images in place of the active picks, side by side
+            day, _ = await _side_by_side(day_run, run_schedule(
+                demo_schedule(settings, strategy="random", causal=False), twin_config(cfg, out),
+                after_session=scorer.after, on_status=progress.update))
+            scorer.merge_random()
+        else:
+            day = await day_run
     summary.schedule = {"status": day.status, "reason": day.reason}
     summary.learning = {"shared_core": [s.get("median_r") for s in summary.sessions],
                         "no_shared_core": [s.get("no_shared_core", {}).get("median_r") for s in summary.sessions]}
@@ -229,6 +234,31 @@ async def run_demo(data: Path | None, out: Path, *, sessions: int | None = None,
     console.print(f"rig file: {rig_file} (the same day on it: cortexloop run {DEMO_DAY.relative_to(REPO)} "
                   f"--config {rig_file})")
     return summary
+
+
+def twin_config(cfg: RunConfig, out: Path) -> RunConfig:
+    """The random-pick twin's rig: its own folder ``OUT/random`` (session files, state, bus credentials),
+    its own modelserver (one torch thread: it runs beside the day) and rig name (LSL and MQTT names)."""
+    folder = out / "random"
+    folder.mkdir(parents=True, exist_ok=True)
+    return cfg.model_copy(update={"session_id": "demo-random", "out_dir": folder, "rig": f"{cfg.rig}-random",
+                                  "model": cfg.model.model_copy(update={"data_dir": folder / "modelserver",
+                                                                        "threads": 1})})
+
+
+async def _side_by_side(first: Awaitable[T], second: Awaitable[U]) -> tuple[T, U]:
+    """Both results; the first error cancels the other and is raised as itself (not a group)."""
+    a, b = asyncio.ensure_future(first), asyncio.ensure_future(second)
+    try:
+        done, _ = await asyncio.wait([a, b], return_when=asyncio.FIRST_EXCEPTION)
+    finally:
+        a.cancel()
+        b.cancel()
+        await asyncio.gather(a, b, return_exceptions=True)
+    for t in done:
+        if not t.cancelled() and (exc := t.exception()) is not None:
+            raise exc
+    return a.result(), b.result()
 
 
 def demo_schedule(settings: DemoSettings, *, strategy: str = "ensemble_variance",
@@ -263,16 +293,18 @@ class _Scorer:
     def __init__(self, settings: DemoSettings, console: Console, summary: Summary, compare: bool = True) -> None:
         self.settings, self.console, self.summary, self.compare = settings, console, summary, compare
         self.truth_held: np.ndarray | None = None
-        self.random_k = 0
+        self.random: list[dict[str, Any]] = []  # the twin's sessions, in order (merged once both days end)
+        self._truth_lock = asyncio.Lock()
 
     async def after(self, s: Session, stop: StopDoc) -> dict[str, Any]:
         assert s.rig is not None
         sid, kind = s.config.session_id or "", s.protocol.protocol
-        if self.truth_held is None:
-            status = await s.rig.status()
-            self.summary.ground_truth = status.description
-            self.console.print(f"ground truth: {status.description}; {len(s.images)} images ({s.images.name})")
-            self.truth_held = await s.rig.rates(s.heldback)
+        async with self._truth_lock:  # the day and its twin: asked once
+            if self.truth_held is None:
+                status = await s.rig.status()
+                self.summary.ground_truth = status.description
+                self.console.print(f"ground truth: {status.description}; {len(s.images)} images ({s.images.name})")
+                self.truth_held = await s.rig.rates(s.heldback)
         if kind == "sysid":
             return await self.sysid(s, sid, stop)
         score = {"maximize": maximize_truth, "adversarial": adversarial_truth, "smooth": smooth_truth}[kind]
@@ -287,9 +319,7 @@ class _Scorer:
         score = await score_session(s, model_session(sid), s.heldback, self.truth_held)
         active = s.protocol.active if isinstance(s.protocol, SysidProtocol) else None
         if active is not None and active.strategy == "random":
-            k, self.random_k = self.random_k, self.random_k + 1
-            if k < len(self.summary.sessions):  # the twin of the k-th session of the day
-                self.summary.sessions[k]["random_policy"] = {"session": sid, "file": str(s.path), **score}
+            self.random.append({"session": sid, "file": str(s.path), **score})
             self.console.print(f"{sid} (random picks): held-out median r {score['median_r']:.3f}")
             return {"median_r": score["median_r"]}
         score.update(await heldout_r2er(s, model_session(sid), s.path))
@@ -302,6 +332,11 @@ class _Scorer:
                            f" (without the shared core {score['no_shared_core']['median_r']:.3f})")
                            + ("" if r2 is None else f"; r2_ER {r2:.3f}"))
         return {"median_r": score["median_r"]}
+
+    def merge_random(self) -> None:
+        """The twin's k-th session beside the day's k-th sysid session."""
+        for day, twin in zip(self.summary.sessions, self.random, strict=False):
+            day["random_policy"] = twin
 
     async def _alone(self, s: Session, sid: str) -> dict[str, Any]:
         """The session's data alone, a fresh ensemble, the same epochs the chain's model got in it."""
