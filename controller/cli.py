@@ -131,8 +131,8 @@ def demo(
     neurons: Annotated[str | None, typer.Option(
         help="which of its compact models are the hidden neurons: 8-15, 0,3,5-8 (default: the first 8)")] = None,
     compare: Annotated[bool, typer.Option(
-        help="also run the sessions with random picks in place of the active ones, and each session's "
-             "model without the shared core (the 'does the loop help' figures)")] = True,
+        help="also run, beside the day (in OUT/random), the sessions with random picks in place of the active "
+             "ones, and each session's model without the shared core (the 'does the loop help' figures)")] = True,
 ) -> None:
     """The closed loop on embedded defaults: sysid sessions with retraining, then the causal battery
     (maximize natural and synthesized, adversarial +/-, smooth- with its control), scored on the ground truth."""

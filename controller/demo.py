@@ -8,11 +8,13 @@ their layout is found (``--data``, default ``../shared/data/v4``), else a synthe
 Gabor-energy units; a modelserver process whose data folder (``OUT/modelserver``) persists from one
 session to the next; the display-free stimserver; the embedded MQTT broker. It runs several
 ``sysid`` recording sessions (each a new session to the modelserver, which retrains between blocks
-and sessions), then a ``maximize`` causal test, each as its own session through the assembly. After
-each sysid session it scores the model on images never shown (``images.holdout``) against the
-ground truth's rates; after the causal test it measures how much the chosen images drive the
-ground-truth neurons above randomly chosen natural images. Every figure goes to
-``OUT/summary.json``; session files and the model server's data go to ``OUT``.
+and sessions), then the causal battery (``maximize``, ``adversarial``, ``smooth``), each as its own
+session through the assembly (the schedule ``protocols/examples/demo_day.yaml``). After each sysid
+session it scores the model on images never shown (``images.holdout``) against the ground truth's
+rates; after each causal test it measures how much its images move the ground-truth neurons (against
+random natural images, or against their own base images). With ``compare``, a twin schedule runs the
+same sysid sessions with random picks beside the day (its own modelserver and folder ``OUT/random``).
+Every figure goes to ``OUT/summary.json``; session files and the model server's data go to ``OUT``.
 
 The ground truth stays in the rig process: the scoring asks the rig for its rates over the rig's
 RPC (:meth:`controller.links.RigLink.rates`); the engine and the modelserver never see it.
