@@ -9,4 +9,8 @@ bash scripts/bootstrap.sh
 # Two pytest-xdist workers (one compute thread each, tests/conftest.py): many end-to-end tests wait on
 # child processes and real-time blocks, so two share the two cores well; tests marked with one
 # xdist_group (the Ray tests: one local cluster) stay on one worker. PYTEST_WORKERS=0 runs serially.
-exec .venv/bin/python -m pytest -p no:cacheprovider -q -n "${PYTEST_WORKERS:-2}" --dist loadgroup "$@"
+# A fresh, empty HOME for every run, as on a new machine: first-run work (PsychoPy's ~/.psychopy3,
+# matplotlib's cache, Ray's and Chromium's profiles) happens in the suite, so its races show here too.
+test_home=$(mktemp -d -t cortexloop-home.XXXXXX)
+trap 'rm -rf "$test_home"' EXIT
+HOME="$test_home" .venv/bin/python -m pytest -p no:cacheprovider -q -n "${PYTEST_WORKERS:-2}" --dist loadgroup "$@"

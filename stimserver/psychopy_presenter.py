@@ -11,10 +11,14 @@ bracketed reads) and returns flip times on the wire clock.
 
 from __future__ import annotations
 
+import contextlib
+import fcntl
 import logging
 import os
 import sys
 import warnings
+from collections.abc import Iterator
+from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -26,6 +30,29 @@ from wire.stim import FixationSpot
 
 log = logging.getLogger(__name__)
 
+
+@contextlib.contextmanager
+def _first_run_lock() -> Iterator[None]:
+    """Hold an exclusive lock beside the user's PsychoPy folder while psychopy is first imported.
+
+    On a machine where ``~/.psychopy3`` does not exist yet, psychopy's import creates it and copies
+    its theme files without any locking (``mkdir`` without ``exist_ok``, JSON files read while another
+    process writes them), so two stimulus servers (or two test workers) starting at once could fail
+    with ``FileExistsError`` or ``JSONDecodeError``. One process at a time imports; the others wait.
+    """
+    home = Path(os.path.expanduser("~"))
+    lock_path = home / ".psychopy3.cortexloop.lock"
+    try:
+        handle = open(lock_path, "a")  # noqa: SIM115 - closed below
+    except OSError:  # an unwritable HOME: psychopy will run read-only anyway
+        yield
+        return
+    try:
+        fcntl.flock(handle, fcntl.LOCK_EX)
+        yield
+    finally:
+        fcntl.flock(handle, fcntl.LOCK_UN)
+        handle.close()
 
 
 def _quiet_psychopy() -> Any:
@@ -71,17 +98,18 @@ class PsychoPyPresenter(Presenter):
         mon = cfg.monitor
         size = cfg.size or mon.resolution
         try:
-            self._plog = _quiet_psychopy()
-            from psychopy import monitors, visual
+            with _first_run_lock():  # psychopy's first run writes ~/.psychopy3 unlocked
+                self._plog = _quiet_psychopy()
+                from psychopy import monitors, visual
 
-            monitor = monitors.Monitor(mon.name, width=mon.width_cm, distance=mon.distance_cm, autoLog=False)
-            monitor.setSizePix(list(mon.resolution))
-            grey = 2.0 * float(cfg.background) - 1.0
-            self._win = visual.Window(
-                size=list(size), fullscr=cfg.fullscreen, screen=cfg.screen, winType="pyglet", monitor=monitor,
-                units="deg", color=(grey, grey, grey), colorSpace="rgb", allowGUI=False, waitBlanking=True,
-                checkTiming=False, autoLog=False,
-            )
+                monitor = monitors.Monitor(mon.name, width=mon.width_cm, distance=mon.distance_cm, autoLog=False)
+                monitor.setSizePix(list(mon.resolution))
+                grey = 2.0 * float(cfg.background) - 1.0
+                self._win = visual.Window(
+                    size=list(size), fullscr=cfg.fullscreen, screen=cfg.screen, winType="pyglet", monitor=monitor,
+                    units="deg", color=(grey, grey, grey), colorSpace="rgb", allowGUI=False, waitBlanking=True,
+                    checkTiming=False, autoLog=False,
+                )
         except Exception as exc:
             self._win = None
             raise DisplayError(f"cannot open a PsychoPy window on DISPLAY={display!r} (is an X server or Xvfb "
