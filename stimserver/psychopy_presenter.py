@@ -43,7 +43,7 @@ def _first_run_lock() -> Iterator[None]:
     home = Path(os.path.expanduser("~"))
     lock_path = home / ".psychopy3.cortexloop.lock"
     try:
-        handle = open(lock_path, "a")  # noqa: SIM115 - closed below
+        handle = open(lock_path, "a")
     except OSError:  # an unwritable HOME: psychopy will run read-only anyway
         yield
         return
