@@ -142,9 +142,13 @@ async def assemble(cfg: RunConfig, protocol: ProtocolBase, *, resume: bool = Fal
             children: dict[str, Child] = {}
             live = source_factory is None and recording is None
 
+            # stream names of this session's own: two sessions on one machine never hear each other
+            streams = _stream_names(cfg)
+
             async def stim_and_acquisition() -> tuple[str, str, tuple[AcquisitionSource, RigLink | None] | None]:
-                rpc, events = await stack.enter_async_context(_stimserver(cfg, children))
-                acq = await stack.enter_async_context(_acquisition(cfg, events, children, session_id)) if live else None
+                rpc, events = await stack.enter_async_context(_stimserver(cfg, children, streams))
+                acq = await stack.enter_async_context(
+                    _acquisition(cfg, events, children, session_id, streams)) if live else None
                 return rpc, events, acq
 
             async def library() -> tuple[ImageLibrary, np.ndarray]:
@@ -171,8 +175,11 @@ async def assemble(cfg: RunConfig, protocol: ProtocolBase, *, resume: bool = Fal
                 assert acq is not None
                 source, rig = acq
             rig_part = w("rig", rig)
+            awake = cfg.behavior
             engine = Engine(EngineConfig(session_id=session_id, rig=cfg.rig, subject=cfg.subject, seed=cfg.seed,
-                                         refresh_hz=cfg.stim.refresh_hz),
+                                         refresh_hz=cfg.stim.refresh_hz,
+                                         behavior=awake.fixation if awake is not None else None,
+                                         fixation_spot=awake.spot if awake is not None else None),
                             store=w("store", store), stim=w("stim", stim), source=w("source", source),
                             binner=_binner(cfg), images=lib, models=w("models", models), pixels=pixels,
                             recording=recording, image_listeners=[rig_part.load] if rig_part is not None else [])
@@ -321,8 +328,27 @@ async def _openephys(cfg: RunConfig, session_id: str) -> AsyncIterator[dict[str,
             await oe.stop()
 
 
+def _stream_names(cfg: RunConfig) -> dict[str, str]:
+    """LSL stream names of the session's virtual rig (spikes, sync, gaze), unique to the session."""
+    acq = cfg.acquisition
+    if acq.kind != "virtual":
+        return {"spikes": acq.lsl_spike_name or "", "sync": acq.lsl_marker_name or "", "gaze": ""}
+    tag = uuid.uuid4().hex[:8]
+    return {"spikes": f"cortexloop-spikes-{tag}", "sync": f"cortexloop-sync-{tag}", "gaze": f"cortexloop-gaze-{tag}"}
+
+
+def _behavior_args(cfg: RunConfig, streams: dict[str, str]) -> list[str]:
+    """The stimserver's gaze and reward options of an awake session."""
+    b = cfg.behavior
+    if b is None:
+        return []
+    gaze = f"lsl:{streams['gaze']}" if b.gaze == "virtual" else b.gaze
+    return ["--gaze", gaze, "--reward", b.reward]
+
+
 @contextlib.asynccontextmanager
-async def _stimserver(cfg: RunConfig, children: dict[str, Child]) -> AsyncIterator[tuple[str, str]]:
+async def _stimserver(cfg: RunConfig, children: dict[str, Child],
+                      streams: dict[str, str]) -> AsyncIterator[tuple[str, str]]:
     if cfg.stim.rpc is not None and cfg.stim.events is not None:
         yield cfg.stim.rpc, cfg.stim.events
         return
@@ -330,7 +356,7 @@ async def _stimserver(cfg: RunConfig, children: dict[str, Child]) -> AsyncIterat
             "--rpc", "tcp://127.0.0.1:0", "--events", "tcp://127.0.0.1:0",
             "--fake-refresh-hz", str(cfg.stim.refresh_hz), *_server_keys(cfg, "stim"),
             *(["--markers-source-id", f"cortexloop-stim-{cfg.rig}"] if cfg.stim.markers else ["--no-markers"]),
-            *cfg.stim.extra_args]
+            *_behavior_args(cfg, streams), *cfg.stim.extra_args]
     child = await Child.start("stimserver", args, ready="stimserver ready", timeout=60)
     children["stimserver"] = child
     try:
@@ -393,8 +419,8 @@ async def _model_link(cfg: RunConfig, endpoints: tuple[str, str], session_id: st
 
 
 @contextlib.asynccontextmanager
-async def _acquisition(cfg: RunConfig, events: str, children: dict[str, Child],
-                       session_id: str) -> AsyncIterator[tuple[AcquisitionSource, RigLink | None]]:
+async def _acquisition(cfg: RunConfig, events: str, children: dict[str, Child], session_id: str,
+                       streams: dict[str, str]) -> AsyncIterator[tuple[AcquisitionSource, RigLink | None]]:
     acq = cfg.acquisition
     if acq.kind == "openephys":
         from controller.acquisition.openephys import OpenEphysSource
@@ -407,10 +433,8 @@ async def _acquisition(cfg: RunConfig, events: str, children: dict[str, Child],
     rig_rpc = acq.virtual.rpc
     async with contextlib.AsyncExitStack() as stack:
         if acq.kind == "virtual":
-            # stream names of this session's own: two sessions on one machine never hear each other
-            tag = uuid.uuid4().hex[:8]
-            spikes, markers = f"cortexloop-spikes-{tag}", f"cortexloop-sync-{tag}"
-            child = await Child.start("virtual rig", _rig_args(cfg, events, spikes, markers),
+            spikes, markers = streams["spikes"], streams["sync"]
+            child = await Child.start("virtual rig", _rig_args(cfg, events, streams),
                                       ready="virtualrig rpc=", timeout=300)
             children["virtualrig"] = child
             stack.callback(child.stop)
@@ -427,9 +451,10 @@ async def _acquisition(cfg: RunConfig, events: str, children: dict[str, Child],
         yield source, rig
 
 
-def _rig_args(cfg: RunConfig, events: str, spikes: str, markers: str) -> list[str]:
+def _rig_args(cfg: RunConfig, events: str, streams: dict[str, str]) -> list[str]:
     v = cfg.acquisition.virtual
-    args = ["-m", "virtualrig", "--stim-events", events, "--spike-stream", spikes, "--sync-stream", markers,
+    args = ["-m", "virtualrig", "--stim-events", events, "--spike-stream", streams["spikes"],
+            "--sync-stream", streams["sync"],
             "--seed", str(v.seed), "--baseline", str(v.baseline), "--latency", str(v.latency), "--delay", str(v.delay),
             "--device", v.device]
     if v.data is not None:
@@ -440,6 +465,10 @@ def _rig_args(cfg: RunConfig, events: str, spikes: str, markers: str) -> list[st
             args += ["--neurons", str(v.neurons) if isinstance(v.neurons, int) else ",".join(map(str, v.neurons))]
     else:
         args += ["--n-units", str(v.n_units)]
+    b = cfg.behavior
+    if b is not None and b.gaze == "virtual":  # the monkey: gaze on the session's own LSL stream
+        args += ["--gaze", "--gaze-stream", streams["gaze"], "--gaze-rate", str(b.gaze_rate_hz),
+                 "--break-rate", str(b.break_rate), "--gaze-seed", str(v.seed)]
     args += _server_keys(cfg, "rig")
     stim_curve = _client_keys(cfg, "stim", events)  # the rig subscribes to the stimserver as the controller
     if stim_curve is not None:

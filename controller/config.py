@@ -18,8 +18,10 @@ from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
+from wire.behavior import FixationRule
 from wire.errors import ProtocolError
 from wire.security import CurveClient, CurveServer
+from wire.stim import FixationSpot
 
 #: default TCP ports of servers started by hand (children started by a session bind port 0)
 STIM_PORTS = (5560, 5561)
@@ -115,6 +117,27 @@ class AcquisitionConfig(_Cfg):
             raise ValueError("acquisition.control is the Open Ephys GUI's HTTP API: it needs kind openephys")
         if not self.window[1] > self.window[0]:
             raise ValueError(f"window end must be after its start, got {self.window}")
+        return self
+
+
+class BehaviorConfig(_Cfg):
+    """An awake, fixating animal (``docs/behavior.md``): the stimulus server reads gaze and runs the trial
+    state machine; trials the animal did not look at are recorded as invalid and shown again."""
+
+    fixation: FixationRule = Field(default_factory=FixationRule, description="the trial state machine's settings")
+    spot: FixationSpot = Field(default_factory=FixationSpot, description="the fixation spot")
+    gaze: str = Field(default="virtual", description="the stimserver's gaze source: virtual (the virtual rig's "
+                      "monkey), lsl[:NAME][?source_id=ID], iohub[:mouse|eyelink|tobii|gazepoint], none")
+    reward: str = Field(default="none", description="reward output: none, serial:PORT[?mode=...], lsl[:NAME], "
+                        "nidaqmx:LINE, labjack:CHANNEL (stimserver.reward)")
+    break_rate: float = Field(default=0.25, ge=0, le=100, description="gaze virtual: the virtual monkey's breaks "
+                              "of fixation per second (rising as it goes without reward)")
+    gaze_rate_hz: float = Field(default=1000.0, gt=0, le=10_000, description="gaze virtual: samples per second")
+
+    @model_validator(mode="after")
+    def _sources(self) -> BehaviorConfig:
+        if self.gaze == "none":
+            raise ValueError("behavior.gaze: an awake session needs a gaze source (virtual, lsl, iohub)")
         return self
 
 
@@ -263,6 +286,8 @@ class RunConfig(_Cfg):
     bus: BusConfig = Field(default_factory=BusConfig)
     keys: KeysConfig | None = Field(default=None, description="CURVE keys for every server and client "
                                                               "(None: no CURVE anywhere)")
+    behavior: BehaviorConfig | None = Field(default=None, description="an awake, fixating animal: gaze, the trial "
+                                            "state machine and reward (None: every trial counts)")
 
     @model_validator(mode="before")
     @classmethod
@@ -281,6 +306,21 @@ class RunConfig(_Cfg):
         if self.subject_info is not None and self.subject_info.subject_id != self.subject:
             raise ValueError(f"subject {self.subject!r} and subject_info.subject_id "
                              f"{self.subject_info.subject_id!r} differ")
+        return self
+
+    @model_validator(mode="after")
+    def _virtual_gaze(self) -> RunConfig:
+        b = self.behavior
+        if b is not None:  # a trial counts only when fixation held through the window its spikes are counted in
+            end = self.acquisition.window[1]
+            if "count_window_s" not in b.fixation.model_fields_set:
+                b.fixation = b.fixation.model_copy(update={"count_window_s": end})
+            elif b.fixation.count_window_s < end:
+                raise ValueError(f"behavior.fixation.count_window_s ({b.fixation.count_window_s:g} s) ends before "
+                                 f"the counting window (acquisition.window ends at {end:g} s)")
+        if b is not None and b.gaze == "virtual" and (self.acquisition.kind != "virtual" or self.stim.rpc is not None):
+            raise ValueError("behavior.gaze virtual is the virtual rig's monkey: it needs acquisition kind virtual "
+                             "and a stimserver started here; name the lab's tracker instead (lsl, iohub)")
         return self
 
     def model_dir(self) -> Path:

@@ -9,6 +9,7 @@ from typing import Any
 import numpy as np
 import zmq.asyncio
 
+from wire.behavior import FixationRule
 from wire.errors import CortexloopError
 from wire.messages import Pong
 from wire.security import CurveClient
@@ -16,6 +17,7 @@ from wire.stim import (
     STIM_TRIAL_TOPIC,
     AbortBlock,
     BlockResult,
+    FixationSpot,
     GetStimStatus,
     ImagesLoaded,
     LoadImages,
@@ -61,8 +63,10 @@ class StimLink:
             added += reply.added
         return added
 
-    async def present(self, block_id: str, trials: list[TrialSpec], timeout: float) -> BlockResult:
-        return await self.client.request(PresentBlock(block_id=block_id, trials=trials), BlockResult, timeout=timeout)
+    async def present(self, block_id: str, trials: list[TrialSpec], timeout: float, *,
+                      behavior: FixationRule | None = None, fixation: FixationSpot | None = None) -> BlockResult:
+        cmd = PresentBlock(block_id=block_id, trials=trials, behavior=behavior, fixation=fixation)
+        return await self.client.request(cmd, BlockResult, timeout=timeout)
 
     async def pause(self) -> None:
         await self.client.request(PauseBlock(), StimStatus)

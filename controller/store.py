@@ -212,8 +212,8 @@ class SessionWriter:
 
 # --- reading ----------------------------------------------------------------------------------------
 #: every document kind (wire.documents)
-KINDS: frozenset[str] = frozenset({"start", "block", "image", "trial", "response", "model_version", "pick",
-                                   "step", "event", "stop"})
+KINDS: frozenset[str] = frozenset({"start", "block", "image", "trial", "response", "reward", "model_version",
+                                   "pick", "step", "event", "stop"})
 #: kinds without which a session cannot be replayed or exported as it was recorded: damage to one of
 #: them, to a record whose kind cannot be told, or to the file itself "matters" (see Damage.matters)
 ESSENTIAL_KINDS: frozenset[str] = frozenset({"start", "block", "image", "trial", "response"})
@@ -712,11 +712,12 @@ class SessionReader:
         return {d.image_id: d.pixels for d in self.of_kind(ImageDoc)}
 
     def counts(self) -> tuple[list[TrialDoc], list[str], np.ndarray]:
-        """(trials with counts, unit ids, counts (trials x units)) with NaN where a unit was not recorded."""
+        """(valid trials with counts, unit ids, counts (trials x units)) with NaN where a unit was not
+        recorded. Trials that did not count (the animal did not look: ``valid`` false) are left out."""
         trials: dict[str, TrialDoc] = {}
         responses: dict[str, ResponseDoc] = {}
         for d in self.documents():
-            if isinstance(d, TrialDoc):
+            if isinstance(d, TrialDoc) and d.valid:
                 trials[d.trial_id] = d
             elif isinstance(d, ResponseDoc):
                 responses[d.trial_id] = d

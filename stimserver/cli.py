@@ -17,8 +17,10 @@ from typing import Annotated, NoReturn
 
 import typer
 
+from stimserver.gaze import make_gaze_source
 from stimserver.markers import MarkerOutlet
 from stimserver.presenter import PHOTODIODE_CORNERS, MonitorProfile, Presenter, PresenterConfig
+from stimserver.reward import make_reward_line
 from stimserver.server import StimServer
 from wire.errors import CortexloopError
 from wire.security import CurveServer, check_bind, check_server_keys, curve_server
@@ -117,6 +119,10 @@ def run(
     markers_name: Annotated[str, typer.Option(help="name of the LSL Markers stream")] = "cortexloop-markers",
     markers_source_id: Annotated[str, typer.Option(help="its LSL source_id (keep it per rig: LabRecorder "
                                                    "re-finds a restarted stream by it)")] = "cortexloop-stimserver",
+    gaze: Annotated[str, typer.Option(help="eye tracker for awake blocks: none | lsl[:NAME][?source_id=ID] | "
+                                      "iohub[:mouse] (docs/behavior.md)")] = "none",
+    reward: Annotated[str, typer.Option(help="reward output: none | serial:PORT[?mode=command|rts|dtr&baud=N] | "
+                                        "lsl[:NAME] | nidaqmx:LINE | labjack:CHANNEL (docs/behavior.md)")] = "none",
     log_level: Annotated[str, typer.Option(help="logging level")] = "INFO",
 ) -> None:
     """Serve stim.* commands on RPC and publish a TrialEvent per trial on EVENTS.
@@ -137,8 +143,10 @@ def run(
     pres = make_presenter(presenter, config, fake_refresh_hz=fake_refresh_hz, fake_realtime=fake_realtime)
     outlet = MarkerOutlet(markers_name, markers_source_id) if markers else None
     try:
+        gaze_source = make_gaze_source(gaze, monitor=config.monitor)
+        reward_line = make_reward_line(reward)
         asyncio.run(serve(StimServer(pres, rpc, events, max_images=max_images, curve=curve, insecure=insecure,
-                                     markers=outlet)))
+                                     markers=outlet, gaze=gaze_source, reward=reward_line)))
     except CortexloopError as exc:  # e.g. an endpoint in use: one line, not a traceback
         _fail(str(exc))
 

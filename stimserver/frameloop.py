@@ -90,7 +90,7 @@ class BlockControl:
             return self.abort
 
 
-class _Live:
+class Live:
     __slots__ = ("onset", "onset_frame", "photodiode", "shown", "trial", "trial_id")
 
     def __init__(self, trial: PlannedTrial) -> None:
@@ -102,7 +102,7 @@ class _Live:
         self.photodiode = False
 
 
-class _Run:
+class BlockRun:
     def __init__(self, presenter: Presenter, cmd: PresentBlock, period: float,
                  emit: Callable[[TrialEvent], None]) -> None:
         self.presenter = presenter
@@ -112,17 +112,26 @@ class _Run:
         self.emit = emit
         self.times: list[float] = []
         self.no_count: set[int] = set()  # flip numbers whose preceding interval spans a pause
-        self.on_screen: _Live | None = None
+        self.on_screen: Live | None = None
         self.photodiode = False
         self.trials: list[TrialEvent] = []
         self.interrupted: list[TrialEvent] = []
+        #: where a trial whose ON period completed goes: published at once, or (awake blocks) held
+        #: by the fixation state machine until its counting window ended with the eyes in the window
+        self.on_complete: Callable[[TrialEvent], None] = self._publish
 
-    def frame(self, live: _Live | None) -> None:
-        """Draw and flip one frame showing ``live``'s image (or blank); book onsets and offsets."""
+    def _publish(self, event: TrialEvent) -> None:
+        self.trials.append(event)
+        self.emit(event)
+
+    def frame(self, live: Live | None, spot: bool = True) -> float:
+        """Draw and flip one frame showing ``live``'s image (or blank), the fixation spot unless ``spot`` is
+        false; book onsets and offsets. Returns the flip's time."""
         if live is not None and live is not self.on_screen:
             self.photodiode = not self.photodiode
             live.photodiode = self.photodiode
-        self.presenter.draw(live.trial.image_id if live is not None else None, self.photodiode, self.fixation)
+        self.presenter.draw(live.trial.image_id if live is not None else None, self.photodiode,
+                            self.fixation if spot else None)
         t = self.presenter.flip()
         n = len(self.times)
         self.times.append(t)
@@ -134,8 +143,9 @@ class _Run:
                 live.onset, live.onset_frame = t, n
             live.shown += 1
         self.on_screen = live
+        return t
 
-    def _finish(self, live: _Live, offset: float, offset_frame: int) -> None:
+    def _finish(self, live: Live, offset: float, offset_frame: int) -> None:
         trial = live.trial
         threshold = DROP_FACTOR * self.period
         dropped = sum(1 for k in range(live.onset_frame + 1, offset_frame + 1)
@@ -150,8 +160,7 @@ class _Run:
             photodiode=live.photodiode,
         )
         if complete:
-            self.trials.append(event)
-            self.emit(event)
+            self.on_complete(event)
         else:
             self.interrupted.append(event)
 
@@ -184,7 +193,7 @@ def run_block(presenter: Presenter, cmd: PresentBlock, control: BlockControl,
     queue = deque(expand(cmd))
     control.trials_total = len(queue)
     control.trials_done = 0
-    run = _Run(presenter, cmd, period, emit)
+    run = BlockRun(presenter, cmd, period, emit)
     fixation_frames = max(1, math.ceil(cmd.fixation_timeout / period))
     status = BlockStatus.COMPLETED
     run.frame(None)  # lead-in blank: the first onset then lands one refresh after a known flip
@@ -197,7 +206,7 @@ def run_block(presenter: Presenter, cmd: PresentBlock, control: BlockControl,
         if cmd.wait_for_fixation and not _await_fixation(run, control, fixation_frames):
             status = BlockStatus.ABORTED if control.abort else BlockStatus.FIXATION_TIMEOUT
             break
-        live = _Live(trial)
+        live = Live(trial)
         for _ in range(trial.on_frames):
             if control.interrupt:
                 break
@@ -229,7 +238,7 @@ def run_block(presenter: Presenter, cmd: PresentBlock, control: BlockControl,
     return run.result(status)
 
 
-def _await_fixation(run: _Run, control: BlockControl, max_frames: int) -> bool:
+def _await_fixation(run: BlockRun, control: BlockControl, max_frames: int) -> bool:
     """Flip blank frames (fixation spot shown) until the rig reports fixation; False on timeout/abort."""
     waited = 0
     while not control.fixating:

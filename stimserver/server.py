@@ -16,10 +16,14 @@ from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
 from stimserver.cache import ImageCache, images_of
+from stimserver.fixation import FixationBlock
 from stimserver.frameloop import BlockControl, run_block
+from stimserver.gaze import GazeSource
 from stimserver.markers import MarkerOutlet
 from stimserver.presenter import Presenter
+from stimserver.reward import RewardLine
 from wire.base import Message
+from wire.behavior import GiveReward, RewardEvent
 from wire.errors import Busy, DisplayError, InvalidRequest, LimitExceeded, NotFound, StateError, StimError
 from wire.security import CurveServer, check_bind
 from wire.stim import (
@@ -64,7 +68,8 @@ class StimServer:
     def __init__(self, presenter: Presenter, rpc_endpoint: str = "tcp://127.0.0.1:0",
                  events_endpoint: str = "tcp://127.0.0.1:0", *, name: str = "stimserver",
                  max_images: int | None = None, curve: CurveServer | None = None, insecure: bool = False,
-                 markers: MarkerOutlet | None = None) -> None:
+                 markers: MarkerOutlet | None = None, gaze: GazeSource | None = None,
+                 reward: RewardLine | None = None) -> None:
         self.presenter = presenter
         self.curve = curve
         self.insecure = insecure
@@ -77,7 +82,7 @@ class StimServer:
         self._gl = ThreadPoolExecutor(max_workers=1, thread_name_prefix="stim-display")
         self._rpc: RpcServer | None = None
         self._pub: EventPublisher | None = None
-        self._events: asyncio.Queue[TrialEvent] = asyncio.Queue()
+        self._events: asyncio.Queue[Message] = asyncio.Queue()
         self._publisher: asyncio.Task[None] | None = None
         self._control: BlockControl | None = None
         self._block_id: str | None = None
@@ -86,6 +91,11 @@ class StimServer:
         self._fixating = False
         #: LSL Markers outlet of trial onsets (stimserver.markers), pushed by the publisher task
         self.markers = markers
+        #: the eye tracker (awake blocks: PresentBlock.behavior) and the reward output
+        self.gaze = gaze
+        self.reward = reward
+        self.rewards_given = 0
+        self._gaze_open = False
 
     # --- lifecycle ---------------------------------------------------------------------
     @property
@@ -101,12 +111,14 @@ class StimServer:
             check_bind(endpoint, self.curve, self.insecure, server=self._name)
         self._pub = EventPublisher(self._events_endpoint, name=f"{self._name}-events", curve=self.curve)
         self._publisher = asyncio.create_task(self._publish_loop(), name=f"{self._name}-publisher")
+        if self.reward is not None:  # a reward line that cannot open stops the start
+            await asyncio.to_thread(self.reward.open)
         with contextlib.suppress(DisplayError):  # keep serving: status tells why, present retries
             await self._open_display()
         handlers: dict[type[Message], Any] = {
             LoadImages: self.load, CheckImages: self.check, PresentBlock: self.present, PauseBlock: self.pause,
             ResumeBlock: self.resume, AbortBlock: self.abort, SetFixation: self.set_fixation,
-            GetStimStatus: self.status,
+            GetStimStatus: self.status, GiveReward: self.give_reward,
         }
         self._rpc = RpcServer(self._rpc_endpoint, handlers, name=self._name, curve=self.curve)
         await self._rpc.start()
@@ -130,6 +142,10 @@ class StimServer:
             self._pub.close()
         if self.markers is not None:
             self.markers.close()
+        for part in (self.gaze, self.reward):
+            if part is not None:
+                with contextlib.suppress(Exception):
+                    part.close()
 
     async def __aenter__(self) -> StimServer:
         try:
@@ -167,14 +183,16 @@ class StimServer:
         while True:
             event = await self._events.get()
             try:
-                if self.markers is not None:  # off the display thread: costs the frame loop nothing
+                if self.markers is not None and isinstance(event, TrialEvent):  # off the display thread
                     try:
                         self.markers.push(event)
                     except Exception:
                         log.exception("could not push the LSL marker of %s", event.trial_id)
+                if isinstance(event, RewardEvent):
+                    self.rewards_given += 1
                 await self._pub.publish(event)
             except Exception:
-                log.exception("could not publish %s", event.trial_id)
+                log.exception("could not publish %s", getattr(event, "kind", event))
             finally:
                 self._events.task_done()
 
@@ -249,12 +267,22 @@ class StimServer:
             await self._open_display()
             await self._on_display(self._prepare, [t.image_id for t in cmd.trials])
 
-            def emit(event: TrialEvent) -> None:
+            def emit(event: Message) -> None:
                 loop.call_soon_threadsafe(self._events.put_nowait, event)
 
             try:
-                result: BlockResult = await self._on_display(run_block, self.presenter, cmd, control, emit)
-            except DisplayError:
+                if cmd.behavior is not None:
+                    if self.gaze is None:
+                        raise InvalidRequest(f"block {cmd.block_id!r} has a fixation rule, but this stimserver "
+                                             "reads no gaze: start it with --gaze (lsl, iohub, ...)")
+                    if not self._gaze_open:  # opened at the first awake block: the tracker may start after us
+                        await self._on_display(self.gaze.open)
+                        self._gaze_open = True
+                    fixation = FixationBlock(self.presenter, cmd, control, emit, self.gaze, self.reward)
+                    result: BlockResult = await self._on_display(fixation.run_block)
+                else:
+                    result = await self._on_display(run_block, self.presenter, cmd, control, emit)
+            except (DisplayError, InvalidRequest):
                 raise
             except Exception as exc:
                 raise StimError(f"block {cmd.block_id!r} failed: {type(exc).__name__}: {exc}") from exc
@@ -308,13 +336,26 @@ class StimServer:
     async def status(self, _cmd: GetStimStatus) -> StimStatus:
         return self._status()
 
+    async def give_reward(self, cmd: GiveReward) -> StimStatus:
+        """A manual reward from the operator: one pulse now, published like an earned one."""
+        if self.reward is None:
+            raise InvalidRequest("this stimserver has no reward line (start it with --reward)")
+        duration = (cmd.duration_ms or 100.0) / 1000.0
+        start = await asyncio.to_thread(self.reward.pulse, duration)
+        self._events.put_nowait(RewardEvent(block_id=self._block_id, time=start, duration_s=duration, manual=True,
+                                            line=self.reward.name))
+        log.info("manual reward of %.0f ms%s", 1000 * duration, f" from {cmd.operator}" if cmd.operator else "")
+        await self._events.join()
+        return self._status()
+
     def _status(self) -> StimStatus:
         c = self._control
         return StimStatus(
             state=self.state, block_id=self._block_id, trials_done=c.trials_done if c else 0,
             trials_total=c.trials_total if c else 0, fixating=self._fixating, images_cached=len(self.cache),
             presenter=self.presenter.name, max_images=self.cache.max_images, display_open=self.presenter.is_open, display_error=self.display_error,
-            refresh_period=self.presenter.refresh_period,
+            refresh_period=self.presenter.refresh_period, gaze=self.gaze.name if self.gaze is not None else None,
+            reward_line=self.reward.name if self.reward is not None else None, rewards=self.rewards_given,
         )
 
     async def serve_forever(self) -> None:

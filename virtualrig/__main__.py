@@ -8,6 +8,9 @@ unknown session, neurons out of range, an RPC endpoint other machines can reach 
 
 CURVE: ``--curve-secret`` / ``--curve-clients`` secure the rig's RPC; ``--curve-client-secret`` /
 ``--curve-server-key`` are the rig's client keys for its subscription to a CURVE stimserver.
+
+``--gaze`` adds the virtual monkey (``virtualrig.monkey``): its eye gaze as the LSL stream
+``cortexloop-gaze`` (type Gaze), rewarded by the stimserver's ``stim.reward`` events.
 """
 
 from __future__ import annotations
@@ -22,11 +25,12 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from controller.acquisition.clock import ClockMap
+from virtualrig.monkey import MonkeyConfig, VirtualMonkey
 from virtualrig.rates import RateModel, compact_model_sessions, evenly_spaced, load_image_zip, make_rate_model
 from virtualrig.rig import VirtualRig
 from virtualrig.spikes import ResponseParams
 from virtualrig.watchdog import watch_process
-from wire.acq import LSL_MARKER_NAME, LSL_SPIKE_NAME
+from wire.acq import LSL_GAZE_NAME, LSL_MARKER_NAME, LSL_SPIKE_NAME
 from wire.errors import CortexloopError, InvalidRequest, ModelError
 from wire.security import (
     CurveClient,
@@ -128,6 +132,15 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--clock-drift", type=float, default=0.0, help="simulated rig clock drift (e.g. 2e-5)")
     p.add_argument("--spike-stream", default=LSL_SPIKE_NAME)
     p.add_argument("--sync-stream", default=LSL_MARKER_NAME)
+    gaze = p.add_argument_group("virtual monkey (synthetic eye gaze over LSL, type Gaze)")
+    gaze.add_argument("--gaze", action="store_true", help="stream a fixating monkey's gaze (deg) in real time")
+    gaze.add_argument("--gaze-rate", type=float, default=MonkeyConfig.rate_hz, metavar="HZ",
+                      help="gaze samples/s (default %(default)g)")
+    gaze.add_argument("--break-rate", type=float, default=MonkeyConfig.break_rate, metavar="PER_S",
+                      help="fixation breaks per second of fixation right after a reward (default %(default)g; "
+                      "rises without reward)")
+    gaze.add_argument("--gaze-seed", type=int, metavar="SEED", help="the monkey's seed (default: --seed)")
+    gaze.add_argument("--gaze-stream", default=LSL_GAZE_NAME, help="name of the gaze stream (default %(default)s)")
     p.add_argument("--parent-pid", type=int, metavar="PID",
                    help="exit when this process ends (checked every second; e.g. the controller's PID)")
     sec = p.add_argument_group("authentication (ZeroMQ CURVE; keys from `cortexloop keys generate`)")
@@ -158,6 +171,17 @@ def security(args: argparse.Namespace) -> tuple[CurveServer | None, CurveClient 
     return server, client
 
 
+def build_monkey(args: argparse.Namespace) -> VirtualMonkey | None:
+    """The virtual monkey of ``--gaze`` (None without it); InvalidRequest names a bad setting."""
+    if not args.gaze:
+        return None
+    try:
+        config = MonkeyConfig(rate_hz=args.gaze_rate, break_rate=args.break_rate)
+    except ValueError as exc:
+        raise InvalidRequest(f"--gaze-rate/--break-rate: {exc}") from None
+    return VirtualMonkey(config, seed=args.seed if args.gaze_seed is None else args.gaze_seed)
+
+
 def build_model(args: argparse.Namespace, truth: GroundTruth) -> RateModel:
     ref_images = None
     if truth.reference is not None:  # an evenly spaced subset: 33 models on 1,200 images take minutes on CPU
@@ -168,7 +192,7 @@ def build_model(args: argparse.Namespace, truth: GroundTruth) -> RateModel:
 
 
 async def amain(args: argparse.Namespace, truth: GroundTruth, curve: CurveServer | None = None,
-                stim_curve: CurveClient | None = None) -> None:
+                stim_curve: CurveClient | None = None, monkey: VirtualMonkey | None = None) -> None:
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGINT, signal.SIGTERM):
@@ -189,7 +213,7 @@ async def amain(args: argparse.Namespace, truth: GroundTruth, curve: CurveServer
     rig = VirtualRig(model, stim_events=args.stim_events, rpc=args.rpc, params=params, delay=args.delay,
                      clock=ClockMap(offset=args.clock_offset, scale=1 + args.clock_drift), seed=args.seed,
                      spike_name=args.spike_stream, sync_name=args.sync_stream, curve=curve,
-                     insecure=args.insecure, stim_curve=stim_curve)
+                     insecure=args.insecure, stim_curve=stim_curve, monkey=monkey, gaze_name=args.gaze_stream)
     try:
         async with rig:
             # exactly this line (parents parse "rpc=" to the end); stream names are in rig.status
@@ -207,7 +231,7 @@ def main(argv: list[str] | None = None) -> None:
     try:
         curve, stim_curve = security(args)  # before the models load: a refused bind fails at once
         truth = ground_truth(args)
-        asyncio.run(amain(args, truth, curve, stim_curve))
+        asyncio.run(amain(args, truth, curve, stim_curve, build_monkey(args)))
     except (CortexloopError, FileNotFoundError) as exc:  # a configuration error: one line, no traceback
         print(f"virtualrig: error: {' '.join(str(exc).split())}", file=sys.stderr, flush=True)
         raise SystemExit(1) from None

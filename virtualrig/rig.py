@@ -6,6 +6,8 @@ Data flow::
     stimserver --stim.trial (TrialEvent, PUB)-->   rig: schedule the driven response
     rig --LSL "cortexloop-spikes" (int32 unit, timestamp = spike time)--> controller
     rig --LSL "cortexloop-sync"   ("photodiode 1" at each onset, "photodiode 0" at offset)-->
+    stimserver --stim.reward (RewardEvent, PUB)--> rig: monkey.reward (with a ``monkey``)
+    rig --LSL "cortexloop-gaze"   (x, y in deg, at the monkey's rate, in real time)--> stimserver
 
 Images reach the rig by its own small RPC (``wire.acq.RigLoadImages``): the controller
 sends the pixels it loads into the stimserver, the rig computes each image's rates once and
@@ -19,6 +21,11 @@ rig streams with a fixed ``delay``: it emits the spikes of ``[.., now - delay)``
 the buffering latency of a real acquisition system; a trial that comes later is counted in
 ``trials_too_late``. ``clock`` simulates a rig clock different from the stimulus clock
 (offset and drift); LSL's time correction cannot see it, a photodiode sync can.
+
+With a ``monkey`` (``virtualrig.monkey.VirtualMonkey``) the rig is also the eye tracker: every
+``gaze_tick`` it pushes the monkey's samples of ``[last push, now)`` stamped with their times on
+``pylsl.local_clock`` (real time, no delay, no simulated rig clock), and each RewardEvent makes
+the monkey less bored.
 """
 
 from __future__ import annotations
@@ -31,9 +38,12 @@ import numpy as np
 import pylsl
 
 from controller.acquisition.clock import ClockMap
+from virtualrig.monkey import VirtualMonkey
 from virtualrig.rates import RateModel
 from virtualrig.spikes import ResponseParams, SpikeSynth
 from wire.acq import (
+    LSL_GAZE_NAME,
+    LSL_GAZE_TYPE,
     LSL_MARKER_NAME,
     LSL_MARKER_TYPE,
     LSL_SPIKE_NAME,
@@ -48,6 +58,7 @@ from wire.acq import (
     RigStatusReply,
 )
 from wire.base import image_id
+from wire.behavior import STIM_REWARD_TOPIC, RewardEvent
 from wire.errors import InvalidRequest, RequestTimeout
 from wire.security import CurveClient, CurveServer, check_bind
 from wire.stim import STIM_TRIAL_TOPIC, TrialEvent
@@ -55,7 +66,9 @@ from wire.transport import EventSubscriber, RpcServer
 
 log = logging.getLogger(__name__)
 
-__all__ = ["VirtualRig", "check_images"]
+__all__ = ["GAZE_SOURCE_ID", "VirtualRig", "check_images", "gaze_outlet"]
+
+GAZE_SOURCE_ID = "cortexloop-virtualrig-gaze"
 
 
 def check_images(imgs: np.ndarray) -> np.ndarray:
@@ -71,6 +84,18 @@ def check_images(imgs: np.ndarray) -> np.ndarray:
     return imgs
 
 
+def gaze_outlet(name: str, rate_hz: float) -> pylsl.StreamOutlet:
+    """The gaze outlet: 2 float32 channels x, y (deg, ScreenX/ScreenY) at ``rate_hz``."""
+    info = pylsl.StreamInfo(name, LSL_GAZE_TYPE, 2, rate_hz, "float32", GAZE_SOURCE_ID)
+    channels = info.desc().append_child("channels")
+    for label, kind in (("x", "ScreenX"), ("y", "ScreenY")):
+        ch = channels.append_child("channel")
+        ch.append_child_value("label", label)
+        ch.append_child_value("unit", "deg")
+        ch.append_child_value("type", kind)
+    return pylsl.StreamOutlet(info, chunk_size=0, max_buffered=60)
+
+
 class VirtualRig:
     """``async with VirtualRig(model, stim_events=...) as rig:`` serves until the context exits.
 
@@ -80,6 +105,9 @@ class VirtualRig:
     ``curve`` makes the rig's RPC a CURVE server (without it, an endpoint other machines can reach
     is refused unless ``insecure``: :func:`wire.security.check_bind`); ``stim_curve`` is the rig's
     client configuration for its subscription to the stimserver's trial events.
+
+    ``monkey`` streams its gaze as LSL ``gaze_name`` every ``gaze_tick`` s and is rewarded by the
+    stimserver's RewardEvents (``rewards_seen`` counts them).
     """
 
     def __init__(self, model: RateModel, *, stim_events: str, rpc: str = "tcp://127.0.0.1:0",
@@ -87,9 +115,10 @@ class VirtualRig:
                  clock: ClockMap | None = None, seed: int | None = None, spike_name: str = LSL_SPIKE_NAME,
                  sync_name: str = LSL_MARKER_NAME, sync_channel: str = "photodiode",
                  description: str | None = None, curve: CurveServer | None = None, insecure: bool = False,
-                 stim_curve: CurveClient | None = None) -> None:
-        if delay <= 0 or tick <= 0:
-            raise InvalidRequest("delay and tick must be > 0")
+                 stim_curve: CurveClient | None = None, monkey: VirtualMonkey | None = None,
+                 gaze_name: str = LSL_GAZE_NAME, gaze_tick: float = 0.005) -> None:
+        if delay <= 0 or tick <= 0 or gaze_tick <= 0:
+            raise InvalidRequest("delay, tick and gaze_tick must be > 0")
         self.model = model
         self.description = description or str(getattr(model, "description", f"{model.n_units} model units"))
         self.session: str | None = getattr(model, "session", None)
@@ -118,6 +147,9 @@ class VirtualRig:
         self._tasks: list[asyncio.Task[None]] = []
         self._spike_out: pylsl.StreamOutlet | None = None
         self._sync_out: pylsl.StreamOutlet | None = None
+        self.monkey, self.gaze_name, self.gaze_tick = monkey, gaze_name, gaze_tick
+        self._gaze_out: pylsl.StreamOutlet | None = None
+        self.rewards_seen = 0
         self.trials_seen = 0
         self.trials_unknown_image = 0
         self.trials_too_late = 0
@@ -179,6 +211,14 @@ class VirtualRig:
         async for ev in self._sub:
             if isinstance(ev, TrialEvent):
                 self.on_trial(ev)
+            elif isinstance(ev, RewardEvent):
+                self.on_reward(ev)
+
+    def on_reward(self, ev: RewardEvent) -> None:
+        """The stimserver opened the reward line: the monkey's boredom starts again."""
+        self.rewards_seen += 1
+        if self.monkey is not None:
+            self.monkey.reward(ev.time)
 
     # --- streaming ------------------------------------------------------------------------------
     def emit(self, until: float) -> int:
@@ -202,6 +242,17 @@ class VirtualRig:
             self.emit(pylsl.local_clock() - self.delay)
             await asyncio.sleep(self.tick)
 
+    async def _gaze(self) -> None:
+        assert self.monkey is not None and self._gaze_out is not None
+        last = pylsl.local_clock()
+        while True:
+            await asyncio.sleep(self.gaze_tick)
+            now = pylsl.local_clock()
+            times, xy = self.monkey.samples(last, now)
+            if times.size:
+                self._gaze_out.push_chunk(xy, times.tolist())
+            last = now
+
     async def __aenter__(self) -> VirtualRig:
         check_bind(self._rpc_endpoint, self.curve, self.insecure, server="virtualrig")  # before anything opens
         info = pylsl.StreamInfo(self.spike_name, LSL_SPIKE_TYPE, 1, pylsl.IRREGULAR_RATE, "int32",
@@ -211,13 +262,18 @@ class VirtualRig:
         self._sync_out = pylsl.StreamOutlet(pylsl.StreamInfo(self.sync_name, LSL_MARKER_TYPE, 1,
                                                              pylsl.IRREGULAR_RATE, "string",
                                                              f"{self.sync_name}@virtualrig"))
+        if self.monkey is not None:
+            self._gaze_out = gaze_outlet(self.gaze_name, self.monkey.rate_hz)
         await self._server.start()
-        self._sub = EventSubscriber(self.stim_events, [TrialEvent], topics=[STIM_TRIAL_TOPIC], curve=self.stim_curve)
+        topics = [STIM_TRIAL_TOPIC] + ([STIM_REWARD_TOPIC] if self.monkey is not None else [])
+        self._sub = EventSubscriber(self.stim_events, [TrialEvent, RewardEvent], topics=topics, curve=self.stim_curve)
         self._tasks = [asyncio.create_task(self._listen(), name="rig-listen"),
                        asyncio.create_task(self._stream(), name="rig-stream")]
-        log.info("virtual rig: %d units, rpc %s%s, trials from %s%s, LSL %r/%r", self.model.n_units, self.endpoint,
+        if self.monkey is not None:
+            self._tasks.append(asyncio.create_task(self._gaze(), name="rig-gaze"))
+        log.info("virtual rig: %d units, rpc %s%s, trials from %s%s, LSL %r/%r%s", self.model.n_units, self.endpoint,
                  " (CURVE)" if self.curve else "", self.stim_events, " (CURVE)" if self.stim_curve else "",
-                 self.spike_name, self.sync_name)
+                 self.spike_name, self.sync_name, f", gaze {self.gaze_name!r}" if self.monkey is not None else "")
         return self
 
     async def __aexit__(self, *exc: object) -> None:
@@ -231,7 +287,7 @@ class VirtualRig:
             self._sub.close()
             self._sub = None
         await self._server.stop()
-        self._spike_out = self._sync_out = None  # outlets close when released
+        self._spike_out = self._sync_out = self._gaze_out = None  # outlets close when released
 
     async def serve_forever(self) -> None:
         await asyncio.gather(*self._tasks)

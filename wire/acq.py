@@ -23,6 +23,10 @@ LSL_SPIKE_NAME = "cortexloop-spikes"
 #: ``"photodiode 1"``) at the edge's time; a bare label means a rising edge of that channel.
 LSL_MARKER_TYPE = "Markers"
 LSL_MARKER_NAME = "cortexloop-sync"
+#: Gaze stream (the virtual monkey, ``virtualrig.monkey``): 2 float32 channels "x", "y" in deg from
+#: the screen centre (x right, y up; NaN: no eye), regular rate, LSL timestamp = sample time.
+LSL_GAZE_TYPE = "Gaze"
+LSL_GAZE_NAME = "cortexloop-gaze"
 
 
 class TrialCounts(Message):

@@ -58,6 +58,9 @@ class TrialDoc(Document):
     offset: float = Field(description="time of the flip that removed it (stim clock, s)")
     on_frames: int = Field(gt=0)
     dropped_frames: int = Field(ge=0)
+    valid: bool = Field(default=True, description="the trial counts (the animal held fixation through the image "
+                        "and its counting window); counts of invalid trials are stored, never analysed or trained on")
+    invalid_reason: str | None = Field(default=None, description="why it does not count (wire.behavior.InvalidReason)")
 
 
 class ResponseDoc(Document):
@@ -70,6 +73,17 @@ class ResponseDoc(Document):
     window: tuple[float, float] = Field(description="counting window after onset (s)")
     onset_acq: float = Field(description="the onset mapped into the acquisition clock (s)")
     complete: bool = Field(default=True, description="false if spikes of the window may be missing")
+
+
+class RewardDoc(Document):
+    """A reward given to the animal: when the line opened (stim clock) and for how long."""
+
+    kind: Literal["reward"] = "reward"
+    block_id: str | None = Field(default=None, description="block during which it was given")
+    onset: float = Field(description="when the pulse started (stim clock, s)")
+    duration_s: float = Field(gt=0, description="pulse length (s)")
+    manual: bool = Field(default=False, description="given by the operator, not earned by a completed sequence")
+    line: str = Field(default="", description="the reward output that pulsed")
 
 
 class ModelVersionDoc(Document):
@@ -125,8 +139,8 @@ class EventDoc(Document):
 
 
 AnyDocument = Annotated[
-    StartDoc | BlockDoc | ImageDoc | TrialDoc | ResponseDoc | ModelVersionDoc | PickDoc | StepDoc | EventDoc
-    | StopDoc,
+    StartDoc | BlockDoc | ImageDoc | TrialDoc | ResponseDoc | RewardDoc | ModelVersionDoc | PickDoc | StepDoc
+    | EventDoc | StopDoc,
     Field(discriminator="kind"),
 ]
 DOCUMENT_ADAPTER: TypeAdapter[Any] = TypeAdapter(AnyDocument)

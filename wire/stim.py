@@ -9,7 +9,10 @@ Commands (one handler each on the stimserver, dispatched on ``kind``):
 * :class:`CheckImages` (``stim.check``) -> :class:`ImagesMissing`
 * :class:`PresentBlock` (``stim.present``) -> :class:`BlockResult` (when the block ends)
 * :class:`PauseBlock` / :class:`ResumeBlock` / :class:`AbortBlock` / :class:`SetFixation` /
-  :class:`GetStimStatus` -> :class:`StimStatus`
+  :class:`GetStimStatus` / :class:`~wire.behavior.GiveReward` -> :class:`StimStatus`
+
+Events: :class:`TrialEvent` (``stim.trial``), and with a fixation rule :class:`~wire.behavior.RewardEvent`
+(``stim.reward``) and :class:`~wire.behavior.BehaviorEvent` (``stim.behavior``).
 
 Frame counting: a trial's image is drawn for exactly ``on_frames`` refreshes; ``onset`` is the
 time of the flip that first shows it and ``offset`` the time of the flip that first removes it.
@@ -23,6 +26,7 @@ from typing import Annotated, ClassVar, Literal
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
 from wire.base import Array, Message
+from wire.behavior import BehaviorEvent, FixationRule, GiveReward, RewardEvent
 
 STIM_TRIAL_TOPIC = "stim.trial"
 
@@ -56,6 +60,12 @@ class TrialEvent(Message):
                               "unless the trial was interrupted by pause/abort)")
     photodiode: bool = Field(default=False, description="state of the photodiode patch during this trial (toggles "
                              "at every onset)")
+    # --- awake animals (wire.behavior): whether the animal looked ---
+    valid: bool = Field(default=True, description="the trial counts: fixation held through its image and counting "
+                        "window (always true for blocks without a fixation rule)")
+    invalid_reason: str | None = Field(default=None, max_length=64, description="why it does not count "
+                                       "(wire.behavior.InvalidReason), None when valid")
+    attempt: int = Field(default=0, ge=0, description="earlier showings of this TrialSpec that did not count")
 
 
 # --- commands ------------------------------------------------------------------------
@@ -121,6 +131,16 @@ class PresentBlock(Message):
                                     "(stim.fixation), up to fixation_timeout")
     fixation_timeout: float = Field(default=5.0, gt=0, le=3600, description="seconds to wait for fixation before the block "
                                     "ends with status 'fixation_timeout'")
+    behavior: FixationRule | None = Field(default=None, description="run the awake trial state machine (acquire, "
+                                          "hold, sequences, reward, time-out) on the server's gaze source; trials "
+                                          "that do not count are reported invalid and shown again later in the block")
+
+    @model_validator(mode="after")
+    def _one_fixation_mode(self) -> PresentBlock:
+        if self.behavior is not None and self.wait_for_fixation:
+            raise ValueError("give either 'behavior' (the stimserver reads gaze itself) or 'wait_for_fixation' "
+                             "(the rig sends stim.fixation), not both")
+        return self
 
 
 class PauseBlock(Message):
@@ -193,6 +213,14 @@ class BlockResult(Message):
     flip_times: Array = Field(description="float64 time of every flip of the block (stim clock, s)")
     refresh_period: float = Field(description="measured refresh period (s) used for dropped-frame counting")
     dropped_frames: int = Field(ge=0, description="flip intervals > 1.5 refresh periods in the whole block")
+    invalid: list[TrialEvent] = Field(default_factory=list, description="trials shown that did not count (the animal "
+                                      "did not look), in presentation order; each was published as it ended")
+    missing: list[int] = Field(default_factory=list, description="TrialSpec indices given up after "
+                               "FixationRule.max_attempts showings that did not count")
+    rewards: list[RewardEvent] = Field(default_factory=list, description="rewards given during the block")
+    sequences: int = Field(default=0, ge=0, description="fixation sequences started (images shown after a hold)")
+    completed_sequences: int = Field(default=0, ge=0, description="sequences that ended in a reward")
+    no_fixation: int = Field(default=0, ge=0, description="acquisitions that timed out")
 
 
 class StimStatus(Message):
@@ -209,8 +237,13 @@ class StimStatus(Message):
     display_open: bool = Field(default=False, description="whether the presenter's window is open")
     display_error: str | None = Field(default=None, description="why the window could not open, if it could not")
     refresh_period: float | None = Field(default=None, description="measured refresh period (s), once open")
+    gaze: str | None = Field(default=None, description="the gaze source in use (None: none)")
+    reward_line: str | None = Field(default=None, description="the reward output in use (None: none)")
+    rewards: int = Field(default=0, ge=0, description="rewards given since the server started")
 
 
 STIM_COMMANDS: tuple[type[Message], ...] = (
-    LoadImages, CheckImages, PresentBlock, PauseBlock, ResumeBlock, AbortBlock, SetFixation, GetStimStatus,
+    LoadImages, CheckImages, PresentBlock, PauseBlock, ResumeBlock, AbortBlock, SetFixation, GetStimStatus, GiveReward,
 )
+#: what the stimserver publishes on its event stream (topic = the event's ``kind``)
+STIM_EVENTS: tuple[type[Message], ...] = (TrialEvent, RewardEvent, BehaviorEvent)

@@ -23,9 +23,10 @@ from controller.links import StimLink
 from controller.state import BlockState, SessionState, StateMachine
 from controller.store import SessionWriter
 from protocols.steps import GenerateImages, OperatorResult, PresentBlock
+from wire.behavior import FixationRule
 from wire.documents import BlockDoc, EventDoc, ResponseDoc, StepDoc
 from wire.errors import Aborted, AcquisitionError
-from wire.stim import TrialEvent
+from wire.stim import FixationSpot, TrialEvent
 
 if TYPE_CHECKING:
     from controller.engine.modelsteps import Generated, ModelLink
@@ -48,6 +49,10 @@ class EngineConfig:
     stim_ping_interval: float = 1.0
     stim_dead_after: int = 3
     block_slack_s: float = 30.0
+    #: awake animals: the trial state machine's rule and the fixation spot sent with every block
+    #: (None: every trial counts, as with an anaesthetised animal or a virtual rig without gaze)
+    behavior: FixationRule | None = None
+    fixation_spot: FixationSpot | None = None
 
 
 @dataclass
@@ -60,6 +65,11 @@ class TrialRecord:
     shown: bool = False
     counts: ResponseDoc | None = None
     sent_to_model: bool = False
+    #: False for a showing that did not count (awake animals); such records are not in their block's trials
+    valid: bool = True
+    #: showings of this trial's image that did not count so far, and whether it was given up on
+    invalid_shown: int = 0
+    missing: bool = False
 
 
 @dataclass
@@ -107,6 +117,8 @@ class EngineBase:
     requests: dict[str, GenerateImages]
     #: the trials of each segment of a block sent to the stimserver, by segment id
     _segments: dict[str, list[TrialRecord]]
+    #: invalid showings already recorded: (segment id, spec index, onset)
+    _invalid_seen: set[tuple[str, int, float]]
     _recorded_steps: list[StepDoc]
     _step_index: int
     _counts_changed: asyncio.Event

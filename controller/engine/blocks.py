@@ -22,8 +22,9 @@ from controller.engine.counts import CountsMixin
 from controller.engine.modelsteps import Generated
 from controller.state import BLOCK_TRANSITIONS, BlockState, SessionState, StateMachine
 from protocols.steps import BlockResult, GenerateImages, ImageSet, PresentBlock
-from wire.documents import BlockDoc, ImageDoc, PickDoc, TrialDoc
+from wire.documents import BlockDoc, ImageDoc, PickDoc, RewardDoc, TrialDoc
 from wire.errors import CortexloopError, ProtocolError, RequestTimeout, ServerUnavailable
+from wire.stim import BlockResult as StimBlockResult
 from wire.stim import TrialEvent, TrialSpec
 
 log = logging.getLogger(__name__)
@@ -173,7 +174,7 @@ class BlocksMixin(CountsMixin):
         attempt = 0
         while True:
             self._check_abort()
-            todo = [r for r in block.trials if r.counts is None and not r.shown]
+            todo = [r for r in block.trials if r.counts is None and not r.shown and not r.missing]
             if not todo:
                 break
             need = list(dict.fromkeys(r.image_id for r in todo))
@@ -211,7 +212,13 @@ class BlocksMixin(CountsMixin):
                            off_frames=max(1, block.step.off_frames)) for r in todo]
         frames = sum(s.on_frames + s.off_frames for s in specs)
         budget = frames / self.config.refresh_hz * 3 + self.config.block_slack_s
-        present = asyncio.create_task(self.stim.present(seg_id, specs, timeout=budget))
+        rule = self.config.behavior
+        if rule is not None:  # every image may be shown max_attempts times, each sequence after a time-out
+            per_seq = rule.acquire_s + rule.hold_s + rule.timeout_s + 2 * rule.count_window_s
+            budget = budget * rule.max_attempts + per_seq * rule.max_attempts * len(specs) \
+                + rule.max_no_fixation * (rule.acquire_s + rule.timeout_s)
+        present = asyncio.create_task(self.stim.present(seg_id, specs, timeout=budget, behavior=rule,
+                                                        fixation=self.config.fixation_spot))
         watchdog = asyncio.create_task(self._watch_stim(present))
         try:
             reply = await present
@@ -222,9 +229,11 @@ class BlocksMixin(CountsMixin):
             raise
         finally:
             watchdog.cancel()
-        for ev in reply.trials:  # events lost on the SUB socket are recovered from the reply
+        for ev in reply.trials + reply.invalid:  # events lost on the SUB socket are recovered from the reply
             self._on_trial(ev)
         block.dropped_frames += reply.dropped_frames
+        if rule is not None:
+            self._record_behavior(block, todo, reply)
         if reply.status != "completed" and not self._abort:
             self._event("block_interrupted", f"stimserver ended segment {seg_id} as {reply.status}",
                         block_id=block.block_id)
@@ -273,13 +282,18 @@ class BlocksMixin(CountsMixin):
 
     def _on_trial(self, ev: TrialEvent) -> None:
         seg = self._segments.get(ev.block_id)
-        if seg is None or ev.index >= len(seg):
+        # each TrialSpec of a segment is one trial record (repeats are expanded by the controller)
+        if seg is None or ev.spec_index >= len(seg):
             log.warning("trial event of unknown block segment %s dropped", ev.block_id)
             return
-        rec = seg[ev.index]
-        if rec.shown or rec.image_id != ev.image_id:
-            if rec.image_id != ev.image_id:
-                log.error("trial %s: stimserver showed %s, expected %s", rec.trial_id, ev.image_id, rec.image_id)
+        rec = seg[ev.spec_index]
+        if rec.image_id != ev.image_id:
+            log.error("trial %s: stimserver showed %s, expected %s", rec.trial_id, ev.image_id, rec.image_id)
+            return
+        if not ev.valid:
+            self._on_invalid(rec, ev)
+            return
+        if rec.shown:
             return
         rec.shown = True
         self.store.write(TrialDoc(trial_id=rec.trial_id, block_id=rec.block_id, index=rec.index,
@@ -293,3 +307,40 @@ class BlocksMixin(CountsMixin):
             return
         self._on_closed(self.binner.add_trial(rec.trial_id, ev.onset, block_id=rec.block_id,
                                               image_id=rec.image_id, index=rec.index))
+
+    # -- awake animals: trials that did not count ----------------------------------------------------------
+    def _on_invalid(self, rec: TrialRecord, ev: TrialEvent) -> None:
+        """A showing the animal did not look at: recorded (trial and counts) under its own id, never analysed."""
+        key = (ev.block_id, ev.spec_index, ev.onset)
+        if key in self._invalid_seen:  # published, then listed again in the block's reply
+            return
+        self._invalid_seen.add(key)
+        bad = TrialRecord(f"{rec.trial_id}~x{rec.invalid_shown}", rec.block_id, rec.index, rec.image_id,
+                          rec.condition, shown=True, valid=False)
+        rec.invalid_shown += 1
+        self.trials[bad.trial_id] = bad
+        self.store.write(TrialDoc(trial_id=bad.trial_id, block_id=rec.block_id, index=rec.index,
+                                  image_id=rec.image_id, onset=ev.onset, offset=ev.offset, on_frames=ev.on_frames,
+                                  dropped_frames=ev.dropped_frames, valid=False, invalid_reason=ev.invalid_reason))
+        if self.recording is not None:
+            self._on_closed([self.recording.closed_trial(bad.trial_id, ev)])
+            return
+        self._on_closed(self.binner.add_trial(bad.trial_id, ev.onset, block_id=rec.block_id,
+                                              image_id=rec.image_id, index=rec.index))
+
+    def _record_behavior(self, block: BlockRecord, todo: list[TrialRecord], reply: StimBlockResult) -> None:
+        """Rewards, images given up on and the block's behaviour, from the stimserver's reply."""
+        self.store.write_many([RewardDoc(block_id=block.block_id, onset=r.time, duration_s=r.duration_s,
+                                         manual=r.manual, line=r.line) for r in reply.rewards])
+        gave_up = [todo[i] for i in dict.fromkeys(reply.missing) if i < len(todo)]
+        for rec in gave_up:
+            rec.missing = True
+        if gave_up:
+            self._event("trials_missing", f"{len(gave_up)} image(s) of {block.block_id} did not count in "
+                        f"{self.config.behavior.max_attempts if self.config.behavior else '?'} showings; recorded "
+                        "as missing", block_id=block.block_id, trials=[r.trial_id for r in gave_up])
+        self._event("behavior", f"{block.block_id}: {reply.completed_sequences} of {reply.sequences} sequences "
+                    f"completed, {len(reply.invalid)} trials invalid, {reply.no_fixation} failed acquisitions, "
+                    f"{len(reply.rewards)} rewards", block_id=block.block_id, sequences=reply.sequences,
+                    completed=reply.completed_sequences, invalid=len(reply.invalid), no_fixation=reply.no_fixation,
+                    rewards=len(reply.rewards), missing=len(gave_up), status=str(reply.status))

@@ -97,6 +97,7 @@ class Engine(BlocksMixin, ModelStepsMixin):
         self.generated = {}
         self.requests = {}
         self._segments = {}
+        self._invalid_seen = set()
         self._recorded_steps = []
         self._step_index = 0
         self._counts_changed = asyncio.Event()

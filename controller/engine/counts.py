@@ -91,8 +91,10 @@ class CountsMixin(EngineBase):
                             mean_count=total / cells if cells else 0.0)
 
     def trial_data(self, blocks: list[str] | None = None) -> tuple[TrialData, list[str]]:
-        """Counts of every trial with counts (of ``blocks``): (TrialData, image id per trial)."""
-        recs = [r for r in self.trials.values() if r.counts is not None and (blocks is None or r.block_id in blocks)]
+        """Counts of every valid trial with counts (of ``blocks``): (TrialData, image id per trial). Trials
+        the animal did not look at are never analysed."""
+        recs = [r for r in self.trials.values()
+                if r.counts is not None and r.valid and (blocks is None or r.block_id in blocks)]
         units = sorted({u for r in recs if r.counts for u in r.counts.units}, key=_natural_key)
         col = {u: j for j, u in enumerate(units)}
         counts = np.full((len(recs), len(units)), np.nan)

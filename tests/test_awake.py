@@ -1,0 +1,86 @@
+"""An awake session end to end: ``cortexloop run`` of the shipped sysid protocol on the shipped awake rig file.
+
+The virtual rig plays a fixating monkey (gaze over LSL at 1 kHz, breaks and blinks); the stimulus
+server reads that gaze at frame rate and runs the trial state machine. The session must end in success
+with some trials invalid (each with a reason), every image of every block counted, one reward per
+completed sequence, and no invalid trial in what the modelserver was sent.
+"""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+from collections import Counter
+from pathlib import Path
+
+import pytest
+import yaml
+
+from controller.store import SessionReader
+from wire.behavior import InvalidReason
+from wire.documents import BlockDoc, EventDoc, ResponseDoc, RewardDoc, StepDoc, StopDoc, TrialDoc
+
+REPO = Path(__file__).resolve().parents[1]
+AWAKE = REPO / "protocols" / "examples" / "rigs" / "awake_virtual.yaml"
+SHRINK = ["n_blocks=2", "normal=24", "gaudy=6", "active.n_images=8", "active.timeout_s=300",
+          "heldout.n_images=12", "heldout.repeats=2", "timing.on_frames=6", "timing.off_frames=6"]
+
+
+@pytest.mark.slow
+@pytest.mark.timeout(1200)
+def test_awake_sysid_session_counts_only_what_the_monkey_looked_at(tmp_path: Path) -> None:
+    rig = yaml.safe_load(AWAKE.read_text())
+    rig.update({"acquisition": {"kind": "virtual", "virtual": {"n_units": 12, "seed": 3}},
+                "model": {"members": 2, "block_epochs": 3, "session_epochs": 4, "max_epochs": 4,
+                          "pool_crops": 400, "device": "cpu"},
+                "images": {"synthetic": 500}})
+    # a monkey that breaks often, and enough attempts that every image gets its valid showing
+    rig["behavior"]["break_rate"] = 0.5
+    rig["behavior"]["fixation"]["max_attempts"] = 12
+    path = tmp_path / "rig.yaml"
+    path.write_text(yaml.safe_dump(rig))
+    out = tmp_path / "out"
+    args = [sys.executable, "-c", "from controller.cli import entry; entry()", "run",
+            str(REPO / "protocols" / "examples" / "sysid.yaml"), "--config", str(path), "--out", str(out),
+            "--session-id", "awake"]
+    for s in SHRINK:
+        args += ["--set", s]
+    done = subprocess.run(args, capture_output=True, text=True, timeout=1100, cwd=REPO,
+                          env={**os.environ, "PYTHONPATH": str(REPO), "COLUMNS": "120"})
+    assert done.returncode == 0, f"{done.stdout[-3000:]}\n{done.stderr[-3000:]}"
+    with SessionReader(out / "awake.h5") as r:
+        docs = list(r.documents())
+    stop = docs[-1]
+    assert isinstance(stop, StopDoc) and stop.exit_status == "success", stop
+
+    trials = [d for d in docs if isinstance(d, TrialDoc)]
+    invalid = [t for t in trials if not t.valid]
+    assert invalid, "the monkey broke fixation: some trials must be invalid"
+    assert {t.invalid_reason for t in invalid} <= {r.value for r in InvalidReason}
+    assert all(t.valid and t.invalid_reason is None for t in trials if t.valid)
+
+    # every trial of every block has a valid showing with counts; none was given up
+    valid_ids = {t.trial_id for t in trials if t.valid}
+    counted = {d.trial_id for d in docs if isinstance(d, ResponseDoc)}
+    for b in (d for d in docs if isinstance(d, BlockDoc)):
+        planned = [tid for tid, _, _ in b.params["trials"]]
+        assert set(planned) <= valid_ids, f"{b.block_id}: {len(set(planned) - valid_ids)} trials never counted"
+        assert set(planned) <= counted
+    assert not [d for d in docs if isinstance(d, EventDoc) and d.what == "trials_missing"]
+
+    # one reward per completed sequence
+    behavior = [d for d in docs if isinstance(d, EventDoc) and d.what == "behavior"]
+    rewards = [d for d in docs if isinstance(d, RewardDoc)]
+    assert behavior and len(rewards) == sum(int(e.details["completed"]) for e in behavior) > 0
+    assert sum(int(e.details["invalid"]) for e in behavior) == len(invalid)
+
+    # the modelserver was sent the valid trials only: its training data (the last ingest's count, which
+    # leaves the held-out block aside) holds exactly the valid trials with counts of the other blocks,
+    # although the invalid ones have counts stored too
+    ingests = [d.result for d in docs if isinstance(d, StepDoc) and d.result.get("kind") == "ingest_result"]
+    block_of = {t.trial_id: t.block_id for t in trials}
+    training = Counter(block_of[t] for t in valid_ids & counted if block_of[t] != "heldout")
+    assert ingests and max(int(i["n_trials"]) for i in ingests) == sum(training.values()), (ingests, training)
+    invalid_counted = [t for t in invalid if t.trial_id in counted and t.block_id != "heldout"]
+    assert invalid_counted, "invalid trials' counts are stored (and must not be trained on)"
