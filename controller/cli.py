@@ -14,6 +14,7 @@ from rich.console import Console
 from rich.table import Table
 
 from controller import __version__
+from wire import lslconfig
 
 app = typer.Typer(help="Closed-loop experiment control for visual neuroscience.", no_args_is_help=True,
                   pretty_exceptions_show_locals=False)
@@ -35,6 +36,7 @@ def _mount(module: str, name: str, help_text: str) -> None:
 def main(verbose: Annotated[bool, typer.Option("--verbose", "-v", help="debug logging")] = False) -> None:
     logging.basicConfig(level=logging.DEBUG if verbose else logging.INFO,
                         format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    lslconfig.configure(verbose)  # liblsl's INFO lines only with -v (children inherit it)
     if not verbose:  # the embedded broker's libraries narrate every connection at INFO
         for noisy in ("amqtt", "transitions", "controller.state", "wire.transport"):
             logging.getLogger(noisy).setLevel(logging.WARNING)

@@ -22,6 +22,7 @@ from stimserver.markers import MarkerOutlet
 from stimserver.presenter import PHOTODIODE_CORNERS, MonitorProfile, Presenter, PresenterConfig
 from stimserver.reward import make_reward_line
 from stimserver.server import StimServer
+from wire import lslconfig
 from wire.errors import CortexloopError
 from wire.security import CurveServer, check_bind, check_server_keys, curve_server
 
@@ -132,6 +133,7 @@ def run(
     if photodiode_corner not in PHOTODIODE_CORNERS:
         raise typer.BadParameter(f"--photodiode-corner must be one of {sorted(PHOTODIODE_CORNERS)}")
     logging.basicConfig(level=log_level.upper(), format="%(asctime)s %(name)s %(levelname)s %(message)s")
+    lslconfig.configure(log_level.upper() == "DEBUG")  # liblsl quiet (a parent's LSLAPICFG is kept)
     curve = server_security(rpc, events, curve_secret, curve_clients, insecure)
     config = PresenterConfig(
         monitor=MonitorProfile(distance_cm=monitor_distance_cm, width_cm=monitor_width_cm,

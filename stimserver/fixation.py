@@ -137,12 +137,13 @@ class FixationBlock:
                 keep.append(ev)
         self.held = keep
 
-    def _spoil(self, ev: TrialEvent, reason: InvalidReason, trial: PlannedTrial, *, counts: bool = True) -> None:
+    def _spoil(self, ev: TrialEvent, reason: InvalidReason, trial: PlannedTrial, *, counts: bool = True,
+               broke_at: float | None = None) -> None:
         """Publish ``ev`` as invalid and put its image back at the end of the queue, or give it up after
         ``max_attempts`` (an operator's pause is not the animal's attempt: that image goes back in front)."""
         key = (trial.spec_index, trial.repeat)
         ev = ev.model_copy(update={"valid": False, "invalid_reason": reason.value, "index": len(self.invalid),
-                                   "attempt": self.attempts[key]})
+                                   "attempt": self.attempts[key], "broke_at": broke_at})
         self.invalid.append(ev)
         self.emit(ev)
         if not counts:
@@ -235,7 +236,8 @@ class FixationBlock:
         paused = reason is InvalidReason.PAUSED
         for ev in held + ([cut] if cut is not None else []):
             why = reason if ev.onset + self.rule.count_window_s > at else InvalidReason.SEQUENCE_BROKEN
-            self._spoil(ev, why, self.by_key[(ev.spec_index, ev.repeat)], counts=not paused)
+            self._spoil(ev, why, self.by_key[(ev.spec_index, ev.repeat)], counts=not paused,
+                        broke_at=None if paused else at)
         # images not shown yet go back in front, in order (a cut image was put back by _spoil)
         self.queue.extendleft(reversed(unshown[1:] if cut is not None else unshown))
         return v if v is not None else Verdict(False, None, InvalidReason.PAUSED)

@@ -60,6 +60,14 @@ def test_awake_sysid_session_counts_only_what_the_monkey_looked_at(tmp_path: Pat
     assert {t.invalid_reason for t in invalid} <= {r.value for r in InvalidReason}
     assert all(t.valid and t.invalid_reason is None for t in trials if t.valid)
 
+    # an image cut short by a break ends at the flip that blanked the screen: the first frame drawn after the
+    # breaking sample reached the stimserver (the virtual rig pushes gaze every 5 ms; the frame already
+    # drawn when it arrived may still show), so sample-to-blank is at most two refreshes plus that push
+    cut = [t for t in invalid if t.broke_at is not None and t.offset - t.onset < 6 / 60 - 1e-3]
+    assert cut, "some breaks happened while an image was on screen"
+    lag = sorted(t.offset - t.broke_at for t in cut if t.broke_at is not None)
+    assert lag[0] > 0 and lag[len(lag) // 2] <= 2 / 60 + 0.006, lag
+
     # every trial of every block has a valid showing with counts; none was given up
     valid_ids = {t.trial_id for t in trials if t.valid}
     counted = {d.trial_id for d in docs if isinstance(d, ResponseDoc)}

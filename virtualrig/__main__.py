@@ -30,6 +30,7 @@ from virtualrig.rates import RateModel, compact_model_sessions, evenly_spaced, l
 from virtualrig.rig import VirtualRig
 from virtualrig.spikes import ResponseParams
 from virtualrig.watchdog import watch_process
+from wire import lslconfig
 from wire.acq import LSL_GAZE_NAME, LSL_MARKER_NAME, LSL_SPIKE_NAME
 from wire.errors import CortexloopError, InvalidRequest, ModelError
 from wire.security import (
@@ -226,6 +227,7 @@ async def amain(args: argparse.Namespace, truth: GroundTruth, curve: CurveServer
 
 def main(argv: list[str] | None = None) -> None:
     args = parse_args(argv)
+    lslconfig.configure(args.verbose)  # liblsl quiet unless -v (a parent's LSLAPICFG is kept)
     logging.basicConfig(level=logging.DEBUG if args.verbose else logging.INFO,
                         format="%(asctime)s %(name)s %(levelname)s %(message)s")
     try:

@@ -61,6 +61,8 @@ class TrialDoc(Document):
     valid: bool = Field(default=True, description="the trial counts (the animal held fixation through the image "
                         "and its counting window); counts of invalid trials are stored, never analysed or trained on")
     invalid_reason: str | None = Field(default=None, description="why it does not count (wire.behavior.InvalidReason)")
+    broke_at: float | None = Field(default=None, description="time of the gaze sample that broke fixation (stim "
+                                   "clock, s); for an image cut short by it, offset is the blanking flip")
 
 
 class ResponseDoc(Document):

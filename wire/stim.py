@@ -66,6 +66,8 @@ class TrialEvent(Message):
     invalid_reason: str | None = Field(default=None, max_length=64, description="why it does not count "
                                        "(wire.behavior.InvalidReason), None when valid")
     attempt: int = Field(default=0, ge=0, description="earlier showings of this TrialSpec that did not count")
+    broke_at: float | None = Field(default=None, description="invalid trials: time of the gaze sample that broke "
+                                   "fixation (stim clock, s); for an image cut short, ``offset`` is the blanking flip")
 
 
 # --- commands ------------------------------------------------------------------------

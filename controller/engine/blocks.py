@@ -321,7 +321,8 @@ class BlocksMixin(CountsMixin):
         self.trials[bad.trial_id] = bad
         self.store.write(TrialDoc(trial_id=bad.trial_id, block_id=rec.block_id, index=rec.index,
                                   image_id=rec.image_id, onset=ev.onset, offset=ev.offset, on_frames=ev.on_frames,
-                                  dropped_frames=ev.dropped_frames, valid=False, invalid_reason=ev.invalid_reason))
+                                  dropped_frames=ev.dropped_frames, valid=False, invalid_reason=ev.invalid_reason,
+                                  broke_at=ev.broke_at))
         if self.recording is not None:
             self._on_closed([self.recording.closed_trial(bad.trial_id, ev)])
             return

@@ -160,6 +160,8 @@ def test_break_blanks_at_the_next_flip_and_the_spoiled_image_comes_back() -> Non
     (bad,) = res.invalid
     assert bad.image_id == ids_order[2] and bad.invalid_reason == InvalidReason.BREAK_FIXATION
     assert bad.shown_frames < bad.on_frames
+    assert bad.broke_at is not None and t_break - 1e-9 <= bad.broke_at < t_break + 0.001  # the first sample out
+    assert bad.offset == first_after.time  # an image cut short ends at the blanking flip
     # every image ends up valid exactly once; the spoiled one is shown again later in the block
     assert sorted(t.spec_index for t in res.trials) == list(range(8))
     again = next(t for t in res.trials if t.image_id == ids_order[2])
