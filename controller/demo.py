@@ -43,6 +43,7 @@ from controller.config import (
     ModelConfig,
     RunConfig,
     VirtualRigConfig,
+    load_config,
 )
 from controller.demo_scoring import (
     PAPER,
@@ -66,6 +67,8 @@ REPO = Path(__file__).resolve().parents[1]
 DEFAULT_DATA = REPO.parent / "shared" / "data" / "v4"
 #: the demo's day: a schedule file any rig can run (``cortexloop run demo_day.yaml --config RIG``)
 DEMO_DAY = REPO / "protocols" / "examples" / "demo_day.yaml"
+#: the shipped awake rig file whose behaviour section ``--awake`` uses
+AWAKE_RIG = REPO / "protocols" / "examples" / "rigs" / "awake_virtual.yaml"
 T = TypeVar("T")
 U = TypeVar("U")
 
@@ -117,6 +120,8 @@ class Summary:
     sessions: list[dict[str, Any]] = field(default_factory=list)
     learning: dict[str, list[float | None]] = field(default_factory=dict)
     causal: dict[str, Any] = field(default_factory=dict)
+    #: --awake: the virtual monkey's behaviour over the day (controller.behavior_summary)
+    behavior: dict[str, Any] = field(default_factory=dict)
     seconds: float = 0.0
 
 
@@ -140,7 +145,7 @@ def has_v4(data: Path | None) -> bool:
 
 
 def demo_config(out: Path, settings: DemoSettings, data: Path | None, ground_truth: str | None = None,
-                neurons: list[int] | None = None) -> RunConfig:
+                neurons: list[int] | None = None, awake: bool = False) -> RunConfig:
     """The demo's rig configuration (what ``cortexloop run --config`` would read from a file)."""
     v4 = data if has_v4(data) else None
     images = (ImagesConfig(v4_dir=v4, holdout=settings.eval_images) if v4 is not None else
@@ -152,9 +157,11 @@ def demo_config(out: Path, settings: DemoSettings, data: Path | None, ground_tru
     model = ModelConfig(device=settings.device, members=settings.members, max_epochs=settings.epochs_session,
                         block_epochs=settings.epochs_block, session_epochs=settings.epochs_session,
                         pool_crops=settings.pool_crops, v4_dir=v4, data_dir=out / "modelserver", timeout=60)
+    # --awake: the behaviour of the shipped awake rig file (the virtual monkey, fixation, reward)
+    behavior = load_config(AWAKE_RIG).behavior if awake else None
     return RunConfig(out_dir=out, rig="demo", subject="virtual", images=images,
                      acquisition=AcquisitionConfig(kind="virtual", virtual=rig), model=model,
-                     bus=BusConfig(broker="embedded"))
+                     bus=BusConfig(broker="embedded"), behavior=behavior)
 
 
 def write_rig_file(cfg: RunConfig, path: Path) -> Path:
@@ -190,7 +197,7 @@ def parse_neurons(spec: str) -> list[int]:
 async def run_demo(data: Path | None, out: Path, *, sessions: int | None = None, device: str = "auto",
                    ground_truth: str | None = None, neurons: list[int] | None = None,
                    console: Console | None = None, settings: DemoSettings | None = None,
-                   compare: bool = True) -> Summary:
+                   compare: bool = True, awake: bool = False) -> Summary:
     """The demo: sysid sessions (and, with ``compare``, the same sessions with random picks in place of
     the active ones, and each session's model without the shared core), then the causal battery."""
     console = console or Console()
@@ -199,7 +206,7 @@ async def run_demo(data: Path | None, out: Path, *, sessions: int | None = None,
     if data is not None and not has_v4(data):
         console.print(f"[yellow]no V4 data at {data}; using the synthetic population and images[/yellow]")
         data = None
-    cfg = demo_config(out, settings, data, ground_truth, neurons)
+    cfg = demo_config(out, settings, data, ground_truth, neurons, awake)
     rig_file = write_rig_file(cfg, out / "demo-rig.yaml")
     summary = Summary(ground_truth="", device=settings.device, settings=asdict(settings),
                       neurons=_spec(neurons) if neurons else f"0-{settings.neurons - 1}")
@@ -224,6 +231,11 @@ async def run_demo(data: Path | None, out: Path, *, sessions: int | None = None,
     summary.schedule = {"status": day.status, "reason": day.reason}
     summary.learning = {"shared_core": [s.get("median_r") for s in summary.sessions],
                         "no_shared_core": [s.get("no_shared_core", {}).get("median_r") for s in summary.sessions]}
+    if awake:
+        from controller.behavior_summary import summarize
+
+        summary.behavior = summarize([Path(s["file"]) for s in summary.sessions]
+                                     + [Path(c["file"]) for c in summary.causal.values() if "file" in c])
     summary.seconds = time.monotonic() - t0
     (out / "summary.json").write_text(json.dumps(asdict(summary), indent=2))
     from controller.report import write_report
@@ -386,6 +398,15 @@ def print_summary(summary: Summary, console: Console) -> None:
         paper = f"; paper {PAPER[key]:+.0f}%" if key in PAPER else ""
         table.add_row(f"{label}: mean % change of the ground-truth rate{paper}",
                       "n/a" if v is None else f"{v:+.0f}%" + ("" if frac is None else f" ({frac:.0%} of neurons)"))
+    b = summary.behavior
+    if b:
+        table.add_row("awake: sequences completed / started (share)",
+                      f"{b['completed']} / {b['sequences']} ({b['completed_share']:.0%})")
+        table.add_row("awake: trials invalid / shown; images given up; rewards",
+                      f"{b['invalid']} / {b['trials']}; {b['missing']}; {b['rewards']}")
+        if b.get("break_to_blank_ms"):
+            table.add_row("awake: break sample to blanking flip, median (max) ms",
+                          f"{b['break_to_blank_ms']['median']:.1f} ({b['break_to_blank_ms']['max']:.1f})")
     console.print(table)
 
 
@@ -394,7 +415,8 @@ def _f(v: float | None) -> str:
 
 
 def main(data: Path | None, out: Path, sessions: int | None, device: str,
-         ground_truth: str | None = None, neurons: list[int] | None = None, compare: bool = True) -> Summary:
+         ground_truth: str | None = None, neurons: list[int] | None = None, compare: bool = True,
+         awake: bool = False) -> Summary:
     out.mkdir(parents=True, exist_ok=True)
     return asyncio.run(run_demo(data, out, sessions=sessions, device=device, ground_truth=ground_truth,
-                                neurons=neurons, compare=compare))
+                                neurons=neurons, compare=compare, awake=awake))

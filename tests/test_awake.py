@@ -17,6 +17,8 @@ from pathlib import Path
 import pytest
 import yaml
 
+from controller.behavior_summary import summarize
+from controller.demo import demo_config
 from controller.store import SessionReader
 from wire.behavior import InvalidReason
 from wire.documents import BlockDoc, EventDoc, ResponseDoc, RewardDoc, StepDoc, StopDoc, TrialDoc
@@ -92,3 +94,21 @@ def test_awake_sysid_session_counts_only_what_the_monkey_looked_at(tmp_path: Pat
     assert ingests and max(int(i["n_trials"]) for i in ingests) == sum(training.values()), (ingests, training)
     invalid_counted = [t for t in invalid if t.trial_id in counted and t.block_id != "heldout"]
     assert invalid_counted, "invalid trials' counts are stored (and must not be trained on)"
+
+    # the demo's --awake summary reads the same figures from the file
+    summary = summarize([out / "awake.h5"])
+    assert summary["invalid"] == len(invalid) and summary["rewards"] == len(rewards)
+    assert summary["trials"] == len(trials) and summary["completed"] == len(rewards)
+    assert summary["break_to_blank_ms"]["median"] == pytest.approx(1000 * lag[len(lag) // 2], abs=20)
+
+
+def test_demo_awake_uses_the_shipped_awake_rig_file(tmp_path: Path) -> None:
+    from controller.demo import DemoSettings
+
+    settings = DemoSettings.for_device("cpu", 1)
+    shipped = yaml.safe_load(AWAKE.read_text())["behavior"]
+    cfg = demo_config(tmp_path, settings, None, awake=True)
+    assert cfg.behavior is not None and cfg.behavior.gaze == "virtual"
+    assert cfg.behavior.fixation.images_per_fixation == shipped["fixation"]["images_per_fixation"]
+    assert cfg.behavior.fixation.count_window_s == cfg.acquisition.window[1]
+    assert demo_config(tmp_path, settings, None).behavior is None
