@@ -135,6 +135,9 @@ def demo(
     compare: Annotated[bool, typer.Option(
         help="also run, beside the day (in OUT/random), the sessions with random picks in place of the active "
              "ones, and each session's model without the shared core (the 'does the loop help' figures)")] = True,
+    awake: Annotated[bool, typer.Option(
+        help="the whole day on an awake virtual monkey (the behavior section of "
+             "protocols/examples/rigs/awake_virtual.yaml: gaze, fixation, reward, invalid trials shown again)")] = False,
 ) -> None:
     """The closed loop on embedded defaults: sysid sessions with retraining, then the causal battery
     (maximize natural and synthesized, adversarial +/-, smooth- with its control), scored on the ground truth."""
@@ -147,7 +150,7 @@ def demo(
         chosen = parse_neurons(neurons) if neurons else None
     except ValueError as exc:
         raise typer.BadParameter(str(exc), param_hint="--neurons") from exc
-    demo_main(data, out, sessions, device, ground_truth, chosen, compare)
+    demo_main(data, out, sessions, device, ground_truth, chosen, compare, awake)
 
 
 @app.command()
