@@ -45,6 +45,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import re
 import threading
 from collections.abc import AsyncIterator
 from typing import Any
@@ -58,7 +59,7 @@ from wire.errors import AcquisitionError
 
 log = logging.getLogger(__name__)
 
-__all__ = ["LslSource", "parse_marker", "resolve_stream"]
+__all__ = ["LslSource", "parse_marker", "resolve_stream", "stream_record"]
 
 
 def parse_marker(text: str, t: float) -> SyncEvent:
@@ -70,22 +71,52 @@ def parse_marker(text: str, t: float) -> SyncEvent:
 
 
 def _describe(info: Any) -> str:
-    return f"{info.name()!r} (type {info.type()!r}, {info.channel_count()} ch, source {info.source_id()!r})"
+    return (f"{info.name()!r} (type {info.type()!r}, {info.channel_count()} ch, source_id {info.source_id()!r}, "
+            f"host {info.hostname()!r})")
 
 
-def resolve_stream(name: str | None, stype: str | None, timeout: float) -> Any:
-    """The one stream with this name and/or type, or AcquisitionError listing what is visible."""
+#: what a stream name, type, source id or host may hold in a query (LSL's predicates are XPath: a quote
+#: or bracket would change the query itself)
+_QUERY_VALUE = re.compile(r"[A-Za-z0-9 _.:/@+=,#-]{1,200}")
+
+
+def _clause(key: str, value: str) -> str:
+    if not _QUERY_VALUE.fullmatch(value):
+        raise AcquisitionError(f"LSL stream {key} {value!r}: use letters, digits, spaces and _.:/@+=,#- only "
+                               "(at most 200 characters)")
+    return f"{key}='{value}'"
+
+
+def resolve_stream(name: str | None, stype: str | None, timeout: float, *, source_id: str | None = None,
+                   host: str | None = None, settle: float = 1.0) -> Any:
+    """The ONE stream with this name and/or type (and ``source_id`` / ``host`` where given).
+
+    Every stream that matches is resolved (``settle`` s more after the first answers): more than one is an
+    AcquisitionError naming each candidate's source id and host, never a silent pick of whichever answered
+    first (a second rig left on the defaults, a test outlet, would feed the session another rig's spikes).
+    None is an AcquisitionError listing what is visible."""
     if not name and not stype:
         raise AcquisitionError("an LSL stream needs a name or a type to be resolved")
-    pred = " and ".join(f"{k}='{v}'" for k, v in (("name", name), ("type", stype)) if v)
+    pred = " and ".join(_clause(k, v) for k, v in (("name", name), ("type", stype), ("source_id", source_id),
+                                                   ("hostname", host)) if v)
     found = pylsl.resolve_bypred(pred, 1, timeout)
     if not found:
         visible = pylsl.resolve_streams(wait_time=min(1.0, timeout))
         names = ", ".join(_describe(i) for i in visible) or "none"
         raise AcquisitionError(f"no LSL stream with {pred} within {timeout:g} s; visible streams: {names}")
-    if len(found) > 1:
-        log.warning("%d LSL streams match %s; using %s", len(found), pred, _describe(found[0]))
-    return found[0]
+    found = pylsl.resolve_bypred(pred, 1_000_000, settle) or found  # all of them, not the first to answer
+    unique = {i.uid(): i for i in found}
+    if len(unique) > 1:
+        which = "; ".join(_describe(i) for i in unique.values())
+        raise AcquisitionError(f"{len(unique)} LSL streams match {pred}: {which}. Pin the rig's stream in the rig "
+                               "file (acquisition.lsl_pin: source_id and/or host), or stop the other outlet")
+    return next(iter(unique.values()))
+
+
+def stream_record(info: Any) -> dict[str, str]:
+    """What a session records of a stream it reads."""
+    return {"name": info.name(), "type": info.type(), "source_id": info.source_id(), "hostname": info.hostname(),
+            "uid": info.uid()}
 
 
 _DTYPES: dict[int, Any] = {pylsl.cf_float32: np.float32, pylsl.cf_double64: np.float64, pylsl.cf_int8: np.int8,
@@ -134,9 +165,12 @@ class LslSource(AcquisitionSource):
     def __init__(self, *, spike_name: str | None = LSL_SPIKE_NAME, spike_type: str | None = LSL_SPIKE_TYPE,
                  marker_name: str | None = LSL_MARKER_NAME, marker_type: str | None = LSL_MARKER_TYPE,
                  resolve_timeout: float = 5.0, silence_timeout: float | None = 5.0, max_delay: float = 1.0,
-                 correction_interval: float = 5.0, poll: float = 0.02) -> None:
+                 correction_interval: float = 5.0, poll: float = 0.02,
+                 pin: dict[str, dict[str, str | None]] | None = None) -> None:
         super().__init__(silence_timeout=silence_timeout)
         self._spec = (spike_name, spike_type, marker_name, marker_type)
+        #: by role (spikes, markers): the source_id and/or host a stream must have
+        self.pin = pin or {}
         self.resolve_timeout = resolve_timeout
         self.max_delay = max_delay  # unused: no heartbeat is made up from the local clock (module docstring)
         self.correction_interval = correction_interval
@@ -154,17 +188,23 @@ class LslSource(AcquisitionSource):
 
     async def open(self) -> None:
         sname, stype, mname, mtype = self._spec
-        info = await asyncio.to_thread(resolve_stream, sname, stype, self.resolve_timeout)
+        info = await asyncio.to_thread(self._resolve, "spikes", sname, stype)
         self._spikes = await asyncio.to_thread(_Inlet, info, self.resolve_timeout)
+        self.streams["spikes"] = stream_record(info)
         if mname or mtype:
-            minfo = await asyncio.to_thread(resolve_stream, mname, mtype, self.resolve_timeout)
+            minfo = await asyncio.to_thread(self._resolve, "markers", mname, mtype)
             self._markers = await asyncio.to_thread(_Inlet, minfo, self.resolve_timeout)
+            self.streams["markers"] = stream_record(minfo)
         loop = asyncio.get_running_loop()
         self._stop.clear()
         self._thread = threading.Thread(target=self._run, args=(loop,), name="lsl-reader", daemon=True)
         self._thread.start()
         log.info("LSL source: spikes from %s%s, time correction %.6f s", _describe(info),
                  f", markers from {_describe(self._markers.info)}" if self._markers else "", self.time_correction)
+
+    def _resolve(self, role: str, name: str | None, stype: str | None) -> Any:
+        pin = self.pin.get(role) or {}
+        return resolve_stream(name, stype, self.resolve_timeout, source_id=pin.get("source_id"), host=pin.get("host"))
 
     async def close(self) -> None:
         self._stop.set()
