@@ -3,14 +3,18 @@
 ``export_nwb(session, out)`` reads every document of a session file (``controller.store``) and
 writes one NWB 2.x file with the community's types (``docs/nwb.md``):
 
-* ``/intervals/trials``: one row per shown trial, sorted by onset (stimulus clock).
+* ``/intervals/trials``: one row per shown trial, sorted by onset (stimulus clock), with ``valid`` and
+  ``invalid_reason`` (awake animals); invalid trials are never ``counted``.
 * ``/processing/ecephys/spike_counts``: a ``BinnedAlignedSpikes`` (ndx-binned-spikes) of shape
   (units, trials, 1), one bin per trial covering the counting window, aligned to the measured
-  onsets; condition = the image shown; ``spike_count_units`` names the units.
+  onsets; condition = the image shown; ``spike_count_units`` names the units. NaN where a trial was not
+  counted or is invalid.
 * ``/events/stimulus_onsets``: a core ``EventsTable`` of the onsets (with their acquisition-clock time).
+* ``/events/rewards``: a core ``EventsTable`` of the rewards (onset on the stimulus clock, duration, manual, line).
 * ``/stimulus/templates/stimulus_images`` and ``/stimulus/presentation/stimulus_presentations``.
 * subject, lab, institution, experimenter and devices from the rig file the start document recorded.
-* ``/processing/misc`` (blocks, model versions, picks, events, steps) and ``/scratch/cortexloop_documents``.
+* ``/processing/misc`` (blocks, model versions, picks, events, steps, behavior per block) and
+  ``/scratch/cortexloop_documents``.
 
 ``export_dandi`` lays exported files out as ``dandi organize`` does; ``check_nwb`` and
 ``check_dandiset`` run nwbinspector and dandi's validation without the network.
@@ -42,6 +46,7 @@ def build_nwbfile(session_path: str | Path, *, lab: str | None = None, instituti
     """The in-memory ``pynwb.NWBFile`` of a session file (see :func:`export_nwb`)."""
     from pynwb import ProcessingModule
 
+    from controller.nwb.behavior import behavior, rewards
     from controller.nwb.binned import spike_counts, stimulus_onsets
     from controller.nwb.build import nwbfile, presentations, stimuli, trials
     from controller.nwb.metadata import session_metadata, sync_channel
@@ -67,14 +72,20 @@ def build_nwbfile(session_path: str | Path, *, lab: str | None = None, instituti
             ecephys = ProcessingModule(name="ecephys", description="spike counts per trial and unit, counted "
                                        "online by cortexloop from the acquisition system's spikes in a window "
                                        "after each measured onset (ndx-binned-spikes BinnedAlignedSpikes: "
-                                       "units x trials x 1 bin; trials not counted hold NaN)")
+                                       "units x trials x 1 bin; trials not counted hold NaN, and so do invalid "
+                                       "trials, when the animal did not hold fixation)")
             nwb.add_processing_module(ecephys)
             for c in counts:
                 ecephys.add(c)
+    if s.rewards:
+        nwb.add_events_table(rewards(s))
     tables = bookkeeping(s, image_index)
+    behaviour = behavior(s)
+    if behaviour is not None:
+        tables.append(behaviour)
     if tables:
         misc = ProcessingModule(name="misc", description="cortexloop closed-loop bookkeeping: blocks, model "
-                                "versions, picks, events and protocol steps")
+                                "versions, picks, events, protocol steps and the animal's behaviour per block")
         for t in tables:
             misc.add(t)
         nwb.add_processing_module(misc)

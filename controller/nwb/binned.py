@@ -2,7 +2,8 @@
 
 Each counting window of the session (normally one) is one BinnedAlignedSpikes of shape
 (units, trials, 1): one bin per trial covering the window, aligned to the measured onsets. Its
-events are the rows of the trials table, in order; trials not counted hold NaN.
+events are the rows of the trials table, in order; trials not counted hold NaN, and so do invalid
+trials (an awake animal that did not hold fixation): their counts are never exported as counts.
 """
 
 from __future__ import annotations
@@ -24,9 +25,8 @@ def _ms(x: float) -> float:
 
 
 def windows(s: Session) -> list[tuple[float, float]]:
-    """The counting windows of the responses to shown trials, the most used first."""
-    shown = {t.trial_id for t in s.trials}
-    used = Counter(tuple(r.window) for tid, r in s.responses.items() if tid in shown)
+    """The counting windows of the exported counts (valid shown trials), the most used first."""
+    used = Counter(tuple(r.window) for t in s.trials if (r := s.counted(t)) is not None)
     return [(float(w[0]), float(w[1])) for w, _ in used.most_common()]
 
 
@@ -59,7 +59,7 @@ def spike_counts(s: Session, image_index: dict[str, int], labels: list[str]) -> 
     for k, w in enumerate(wins):
         data = np.full((len(units), len(s.trials), 1), np.nan)
         for i, t in enumerate(s.trials):
-            r = s.responses.get(t.trial_id)
+            r = s.counted(t)
             if r is not None and tuple(r.window) == w:
                 data[[col[u] for u in r.units], i, 0] = np.asarray(r.counts, dtype=np.float64).reshape(-1)
         region = DynamicTableRegion(name="units_region", data=np.arange(len(units)), table=unit_table,
@@ -89,7 +89,7 @@ def stimulus_onsets(s: Session, trials: Any, image_index: dict[str, int], channe
                    "(-1: image record damaged)",
                    data=np.array([image_index.get(t.image_id, -1) for t in ts], dtype=np.int64)),
         VectorData(name="onset_acq", description=f"the same onset on the acquisition clock, mapped by {via} "
-                   "(s; NaN: the trial was not counted)",
+                   "(s; NaN: no response was recorded for the trial)",
                    data=np.array([r.onset_acq if r is not None else np.nan for r in resp], dtype=np.float64)),
         DynamicTableRegion(name="trial", description="the row of intervals/trials of this onset",
                            data=np.arange(len(ts)), table=trials),

@@ -25,6 +25,10 @@ def nwbfile(s: Session, meta: Metadata) -> Any:
             if s.stop is not None else "no stop document (the session did not finish)")
     notes = [f"exported by cortexloop from {s.path.name}: {len(s.docs)} documents; {stop}",
              f"rig: {s.start.rig}"]
+    invalid = sum(not t.valid for t in s.trials)
+    if invalid or s.rewards:  # an awake session
+        notes.append(f"awake animal: {len(s.trials) - invalid} of {len(s.trials)} trials valid (fixation held), "
+                     f"{invalid} invalid (not counted), {len(s.rewards)} rewards")
     notes += [f"store problem: {p}" for p in s.problems]
     sub = meta.subject
     nwb = NWBFile(
@@ -59,6 +63,7 @@ def trials(s: Session, image_index: dict[str, int]) -> Any:
     block_index = {b.block_id: b.index for b in s.blocks}
     ts = s.trials
     resp = [s.responses.get(t.trial_id) for t in ts]
+    counted = [s.counted(t) for t in ts]
     cols: list[tuple[str, str, Any]] = [
         ("start_time", f"measured image onset (first flip showing it) on {STIM_CLOCK}",
          np.array([t.onset for t in ts], dtype=np.float64)),
@@ -78,22 +83,36 @@ def trials(s: Session, image_index: dict[str, int]) -> Any:
         ("on_frames", "display frames the image was on", np.array([t.on_frames for t in ts], np.int64)),
         ("dropped_frames", "display frames dropped during the trial",
          np.array([t.dropped_frames for t in ts], np.int64)),
-        ("counted", "true if spike counts were recorded for the trial (event i of processing/ecephys/"
-                    "spike_counts, a BinnedAlignedSpikes, is row i of this table)",
-         np.array([r is not None for r in resp], dtype=bool)),
-        ("complete", "true if counts were recorded and no spike of the counting window may be missing",
-         np.array([r is not None and r.complete for r in resp], dtype=bool)),
-        ("onset_acq", "the onset on the acquisition clock, where the counting window starts from (s; NaN: not "
-                      "counted); start_time mapped by the controller's clock map (fitted to the sync pulses "
-                      "where the rig has a sync line)",
+        ("valid", "true if the trial counts: the animal held fixation through the image and its counting "
+                  "window (always true for a session without fixation control)",
+         np.array([t.valid for t in ts], dtype=bool)),
+        ("invalid_reason", "why the trial does not count ('' when valid or not recorded): break_fixation, "
+                           "sequence_broken, no_fixation, no_gaze or paused (wire.behavior.InvalidReason)",
+         [("" if t.valid else t.invalid_reason or "") for t in ts]),
+        ("counted", "true if the trial's spike counts are exported (event i of processing/ecephys/spike_counts, "
+                    "a BinnedAlignedSpikes, is row i of this table): a response was recorded and the trial is "
+                    "valid. Invalid trials are never counted: the counts taken while the animal did not hold "
+                    "fixation are kept in the session file (and scratch/cortexloop_documents) only, never "
+                    "analysed, and NaN in spike_counts",
+         np.array([c is not None for c in counted], dtype=bool)),
+        ("complete", "true if counted and no spike of the counting window may be missing",
+         np.array([c is not None and c.complete for c in counted], dtype=bool)),
+        ("onset_acq", "the onset on the acquisition clock, where the counting window starts from (s; NaN: no "
+                      "response was recorded; set for invalid trials too); start_time mapped by the controller's "
+                      "clock map (fitted to the sync pulses where the rig has a sync line)",
          np.array([r.onset_acq if r is not None else np.nan for r in resp], dtype=np.float64)),
     ]
     if any(t.requested_onset is not None for t in ts):  # left out when never recorded (all NaN)
         cols.append(("requested_onset", f"scheduled onset on {STIM_CLOCK} (NaN: not recorded)",
                      np.array([nan_if_none(t.requested_onset) for t in ts], dtype=np.float64)))
+    if any(t.broke_at is not None for t in ts):  # an awake session that broke fixation
+        cols.append(("broke_at", f"invalid trials: time of the gaze sample that broke fixation on {STIM_CLOCK} (for "
+                     "an image cut short by it, stop_time is the blanking flip); NaN: valid, paused or not recorded",
+                     np.array([nan_if_none(t.broke_at) for t in ts], dtype=np.float64)))
     return TimeIntervals(
         name="trials",
-        description=f"one row per shown trial, sorted by onset; start_time/stop_time are on {STIM_CLOCK}",
+        description=f"one row per shown trial, sorted by onset, invalid showings (valid false) included; "
+                    f"start_time/stop_time are on {STIM_CLOCK}",
         columns=[VectorData(name=n, description=d, data=v) for n, d, v in cols])
 
 

@@ -86,12 +86,12 @@ def bookkeeping(s: Session, image_index: dict[str, int]) -> list[Any]:
 def document_log(s: Session) -> Any:
     from pynwb.core import ScratchData
 
-    shown = {t.trial_id for t in s.trials}
+    exported = {id(r) for t in s.trials if (r := s.counted(t)) is not None}  # in processing/ecephys
 
     def leave_out(d: Any) -> set[str] | None:
         if isinstance(d, ImageDoc):
             return {"pixels"}
-        if isinstance(d, ResponseDoc) and d.trial_id in shown and s.responses.get(d.trial_id) is d:
+        if isinstance(d, ResponseDoc) and id(d) in exported:
             return {"counts"}
         return None
 
@@ -100,6 +100,8 @@ def document_log(s: Session) -> Any:
     return ScratchData(name="cortexloop_documents", data=rows,
                        description="JSON of every document of the cortexloop session file, in order; image pixels "
                                    "are left out (they are stimulus/templates/stimulus_images/<image_id>) and so "
-                                   "are the counts of responses exported in processing/ecephys (BinnedAlignedSpikes)")
+                                   "are the counts of responses exported in processing/ecephys (BinnedAlignedSpikes); "
+                                   "the counts of invalid trials (intervals/trials valid false), never exported as "
+                                   "counts, stay in their response document here, as in the session file")
 
 

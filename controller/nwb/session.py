@@ -18,6 +18,7 @@ from wire.documents import (
     ModelVersionDoc,
     PickDoc,
     ResponseDoc,
+    RewardDoc,
     StartDoc,
     StepDoc,
     StopDoc,
@@ -29,6 +30,9 @@ if TYPE_CHECKING:
     from controller.store import Damage
 
 log = logging.getLogger(__name__)
+
+#: the suffix of an invalid showing's trial id (``controller.engine.blocks``: ``<trial id>~x<n>``)
+_INVALID_SHOWING = re.compile(r"~x\d+$")
 
 STIM_CLOCK = ("the stimulus server's monotonic clock (CLOCK_MONOTONIC of the stimulus machine, seconds); "
               "not shifted to session_start_time")
@@ -52,10 +56,17 @@ class Session:
     picks: list[PickDoc] = field(default_factory=list)
     events: list[EventDoc] = field(default_factory=list)
     steps: list[StepDoc] = field(default_factory=list)
+    rewards: list[RewardDoc] = field(default_factory=list)
 
     def since_start(self, t: float) -> float:
         """A document's wall-clock time as seconds after the session's start document."""
         return t - self.start.time
+
+    def counted(self, t: TrialDoc) -> ResponseDoc | None:
+        """The response whose counts are exported for trial ``t``: None when nothing was counted or the
+        trial is invalid (the animal did not hold fixation; its counts stay in the session file, never
+        exported as counts: docs/behavior.md)."""
+        return self.responses.get(t.trial_id) if t.valid else None
 
 
 def read_session(path: Path, *, allow_damaged: bool = False) -> Session:
@@ -95,9 +106,12 @@ def read_session(path: Path, *, allow_damaged: bool = False) -> Session:
             s.events.append(d)
         elif isinstance(d, StepDoc):
             s.steps.append(d)
+        elif isinstance(d, RewardDoc):
+            s.rewards.append(d)
         elif isinstance(d, StopDoc):
             s.stop = d
     s.trials.sort(key=lambda t: t.onset)  # stable: trials recovered late keep their place by onset
+    s.rewards.sort(key=lambda r: r.onset)
     shown = {t.trial_id for t in s.trials}
     orphans = [tid for tid in s.responses if tid not in shown]
     if orphans:
@@ -118,8 +132,9 @@ def read_session(path: Path, *, allow_damaged: bool = False) -> Session:
 def conditions(s: Session) -> list[str]:
     """The condition of each trial, from its block's trial list.
 
-    A trial re-shown after a resume has the id ``<id>.again``; it takes the condition of ``<id>``.
-    A trial missing from its block's list takes the condition its image has in that block, else "".
+    A trial re-shown after a resume has the id ``<id>.again``, and an invalid showing (awake animal) the
+    id ``<id>~x<n>``; each takes the condition of ``<id>``. A trial missing from its block's list takes the
+    condition its image has in that block, else "".
     """
     by_trial: dict[str, str] = {}
     by_image: dict[tuple[str, str], str] = {}
@@ -130,6 +145,8 @@ def conditions(s: Session) -> list[str]:
     out = []
     for t in s.trials:
         tid = t.trial_id
+        if tid not in by_trial:
+            tid = _INVALID_SHOWING.sub("", tid)
         while tid not in by_trial and tid.endswith(".again"):
             tid = tid.removesuffix(".again")
         out.append(by_trial.get(tid, by_image.get((t.block_id, t.image_id), "")))
@@ -137,15 +154,17 @@ def conditions(s: Session) -> list[str]:
 
 
 def units_of(s: Session) -> list[str]:
-    return list(dict.fromkeys(u for r in s.responses.values() for u in r.units))
+    """The units of the exported counts (those of valid trials), in order of first appearance."""
+    return list(dict.fromkeys(u for t in s.trials if (r := s.counted(t)) is not None for u in r.units))
 
 
 def count_matrix(s: Session, units: list[str]) -> np.ndarray:
-    """Counts (trials x units) in the order of the trials table; NaN where nothing was counted."""
+    """Counts (trials x units) in the order of the trials table; NaN where nothing was counted or the
+    trial is invalid."""
     col = {u: j for j, u in enumerate(units)}
     out = np.full((len(s.trials), len(units)), np.nan)
     for i, t in enumerate(s.trials):
-        r = s.responses.get(t.trial_id)
+        r = s.counted(t)
         if r is not None:
             out[i, [col[u] for u in r.units]] = np.asarray(r.counts, dtype=np.float64).reshape(-1)
     return out
