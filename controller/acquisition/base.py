@@ -119,7 +119,7 @@ class AcquisitionSource(abc.ABC):
         self.silence_timeout = silence_timeout
         #: what :meth:`open` connected to, by role (e.g. spikes -> name, source_id, hostname, uid), for
         #: the session's record: which rig's data this session holds
-        self.streams: dict[str, dict[str, str]] = {}
+        self.stream_records: dict[str, dict[str, str]] = {}
 
     async def open(self) -> None:  # noqa: B027 - optional hook
         """Connect (resolve streams, open sockets). Raises AcquisitionError with a clear message."""

@@ -190,11 +190,11 @@ class LslSource(AcquisitionSource):
         sname, stype, mname, mtype = self._spec
         info = await asyncio.to_thread(self._resolve, "spikes", sname, stype)
         self._spikes = await asyncio.to_thread(_Inlet, info, self.resolve_timeout)
-        self.streams["spikes"] = stream_record(info)
+        self.stream_records["spikes"] = stream_record(info)
         if mname or mtype:
             minfo = await asyncio.to_thread(self._resolve, "markers", mname, mtype)
             self._markers = await asyncio.to_thread(_Inlet, minfo, self.resolve_timeout)
-            self.streams["markers"] = stream_record(minfo)
+            self.stream_records["markers"] = stream_record(minfo)
         loop = asyncio.get_running_loop()
         self._stop.clear()
         self._thread = threading.Thread(target=self._run, args=(loop,), name="lsl-reader", daemon=True)

@@ -57,7 +57,7 @@ async def test_the_source_records_which_stream_it_reads(two_outlets: str) -> Non
                     pin={"spikes": {"source_id": "impostor-B", "host": None}})
     await src.open()
     try:
-        assert src.streams["spikes"]["source_id"] == "impostor-B" and src.streams["spikes"]["hostname"]
+        assert src.stream_records["spikes"]["source_id"] == "impostor-B" and src.stream_records["spikes"]["hostname"]
     finally:
         await src.close()
 
