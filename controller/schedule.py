@@ -36,6 +36,7 @@ from controller.bus.base import Bus
 from controller.config import RunConfig
 from controller.demo_scoring import heldout_trials
 from controller.modellink import model_session
+from controller.schedule_state import check_id, load_state
 from controller.store import SessionReader
 from protocols.library import ProtocolBase
 from protocols.library.schedule import RepeatUntil, ScheduleProtocol, Stage, qualified, with_neurons
@@ -90,9 +91,9 @@ def _load(path: Path, schedule: ScheduleProtocol, schedule_id: str, resume: bool
     if path.exists():
         if not resume:
             raise StoreError(f"{path} exists: pass --resume to continue schedule {schedule_id!r}")
-        state: dict[str, Any] = json.loads(path.read_text())
-        if state.get("schedule") != dump:
-            raise StoreError(f"{path} records a different schedule: resume needs the same file and --set values")
+        state = load_state(path, dump, schedule_id)  # validated: ids, paths, types (controller.schedule_state)
+        if set(state["stages"]) != {s.name for s in schedule.stages}:
+            raise StoreError(f"{path}: its stages {sorted(state['stages'])} are not the schedule's")
         state.update(status="running", reason="")
         return state
     path.parent.mkdir(parents=True, exist_ok=True)
@@ -283,7 +284,7 @@ async def run_schedule(schedule: ScheduleProtocol, cfg: RunConfig, *, resume: bo
     ``cfg.session_id`` (default: time_rig_schedule). ``after_session(session, stop)`` is awaited after
     each session while its parts are up; its dict goes to the state file. ``operator_bus`` (tests)
     replaces the rig's MQTT bus for the pauses."""
-    schedule_id = cfg.session_id or f"{time.strftime('%Y%m%d-%H%M%S')}_{cfg.rig}_schedule"
+    schedule_id = check_id(cfg.session_id or f"{time.strftime('%Y%m%d-%H%M%S')}_{cfg.rig}_schedule", "schedule id")
     if any(s.pause_before for s in schedule.stages) and cfg.bus.broker == "none" and operator_bus is None:
         raise ProtocolError("the schedule pauses for the operator ('pause_before'): the rig needs a bus "
                             "(bus.broker embedded or host:port)")

@@ -40,6 +40,39 @@ def free_port(host: str = "127.0.0.1") -> int:
 
 
 # --- amqtt ----------------------------------------------------------------------------------
+#: the largest MQTT packet the embedded broker reads (commands and status are a few kB): a bigger one
+#: closes the sender's connection before its payload is read (one 100 MiB command raised the controller's
+#: memory by 385 MiB before this limit)
+MAX_PACKET_BYTES = 1 << 20
+
+
+class PacketTooLarge(Exception):
+    """An MQTT packet announced more than :data:`MAX_PACKET_BYTES`; its connection is closed unread."""
+
+
+def _limit_packet_size() -> None:
+    """Make amqtt refuse packets over MAX_PACKET_BYTES as soon as their fixed header is read.
+
+    amqtt (0.12) has no such setting: its reader reads a packet's whole announced length into memory.
+    The fixed header's decoder is wrapped once per process; an oversized header raises, which amqtt's
+    reader loop answers by closing that client's connection (other clients are untouched)."""
+    from amqtt.mqtt.packet import MQTTFixedHeader
+
+    if getattr(MQTTFixedHeader.from_stream, "_cortexloop_limited", False):
+        return
+    original = MQTTFixedHeader.from_stream.__func__  # type: ignore[attr-defined]
+
+    async def from_stream(cls: Any, reader: Any) -> Any:
+        header = await original(cls, reader)
+        if header is not None and header.remaining_length > MAX_PACKET_BYTES:
+            raise PacketTooLarge(f"MQTT packet of {header.remaining_length:,} bytes refused "
+                                 f"(the embedded broker reads at most {MAX_PACKET_BYTES:,})")
+        return header
+
+    from_stream._cortexloop_limited = True  # type: ignore[attr-defined]
+    MQTTFixedHeader.from_stream = classmethod(from_stream)  # type: ignore[assignment,method-assign]
+
+
 class RoleAclPlugin(BaseTopicPlugin):
     """amqtt topic plugin: publish/subscribe allowed by the user's role (see ``access``)."""
 
@@ -113,6 +146,7 @@ class EmbeddedBroker:
 
         if not self.password_file.is_file():
             raise BusError(f"password file {self.password_file} not found")
+        _limit_packet_size()
         try:
             self._broker = Broker(self.config())
             await self._broker.start()
@@ -165,6 +199,7 @@ def write_mosquitto_config(directory: Path, users: list[BusUser], port: int, hos
         f"acl_file {acl}",
         f"user {getpass.getuser()}",  # as root mosquitto would switch to 'mosquitto' and lose the files
         "persistence false",
+        f"max_packet_size {MAX_PACKET_BYTES}",  # larger packets close the connection unread
         "log_dest stderr",
         "log_type error",
         "log_type warning",
