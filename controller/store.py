@@ -174,6 +174,8 @@ class SessionWriter:
             raise StoreError(f"session {self.path} is stopped; no more documents")
         if isinstance(doc, ImageDoc) and doc.image_id in self.image_ids:
             return False  # images are stored once
+        if isinstance(doc, ResponseDoc) and (why := _bad_counts(doc)):
+            raise StoreError(f"response of trial {doc.trial_id}: {why}; not stored")
         body = json.dumps(self._strip(doc.model_dump(mode="python")), separators=(",", ":")).encode()
         off = self._log.append(memoryview(body))
         n = self.n_documents
@@ -739,5 +741,20 @@ def _check(doc: Any) -> None:
                 and px.size > 0):
             raise _Bad(f"wrong shape {tuple(px.shape)} or dtype {px.dtype} for an image "
                        "(expected uint8 (H, W, 3))", "image", doc.image_id)
-    elif isinstance(doc, ResponseDoc) and np.asarray(doc.counts).size != len(doc.units):
-        raise _Bad(f"{np.asarray(doc.counts).size} counts for {len(doc.units)} units", "response")
+    elif isinstance(doc, ResponseDoc) and (why := _bad_counts(doc)):
+        raise _Bad(why, "response")
+
+
+def _bad_counts(doc: ResponseDoc) -> str | None:
+    """Why ``doc``'s counts cannot be spike counts (None when they can): one per unit, finite, >= 0
+    (integers from a rig; imported repeat-averaged counts may be fractional)."""
+    c = np.asarray(doc.counts)
+    if c.size != len(doc.units):
+        return f"{c.size} counts for {len(doc.units)} units"
+    if c.dtype.kind not in "iuf":
+        return f"counts of dtype {c.dtype} are not numbers"
+    if c.dtype.kind == "f" and not np.isfinite(c).all():
+        return "NaN or infinite counts cannot be spike counts"
+    if c.size and c.min() < 0:
+        return "negative counts cannot be spike counts"
+    return None

@@ -333,3 +333,38 @@ _WIRE_SEEDS: list[bytes] = []
 ], ids=["deep-list", "deep-msg", "deep-dict", "huge-int", "nan", "not-utf8", "absurd-shape"])
 def test_wire_decoder_known_nasty_headers(header: bytes) -> None:
     _guarded(fuzz_wire_frames, FRAME_SEP.join([header, b""]))
+
+
+# --- security round 2: what a file's name claims is not what gets decoded -------------------------
+def test_an_eps_file_named_png_is_refused_without_running_ghostscript(tmp_path: Path, monkeypatch) -> None:  # type: ignore[no-untyped-def]
+    from PIL import EpsImagePlugin
+
+    from wire.imageio import ImageDecodeError, read_image
+
+    def no_gs(*a: object, **k: object) -> None:
+        raise AssertionError("Ghostscript was asked to render a user's file")
+
+    monkeypatch.setattr(EpsImagePlugin, "Ghostscript", no_gs)
+    eps = tmp_path / "innocent.png"
+    eps.write_bytes(b"%!PS-Adobe-3.0 EPSF-3.0\n%%BoundingBox: 0 0 10 10\nnewpath 0 0 moveto 10 10 lineto stroke\n"
+                    b"showpage\n%%EOF\n")
+    with pytest.raises(ImageDecodeError, match="not an image file of the formats read"):
+        read_image(eps)
+
+
+def test_a_small_float_tiff_with_a_huge_canvas_is_refused_from_its_header(tmp_path: Path) -> None:
+    import numpy as np
+    from PIL import Image
+
+    from wire.imageio import MAX_WIDE_PIXELS, ImageDecodeError, read_image
+
+    side = int(MAX_WIDE_PIXELS**0.5) + 100
+    path = tmp_path / "flat.tif"
+    Image.fromarray(np.zeros((side, side), np.float32), mode="F").save(path, compression="tiff_deflate")
+    assert path.stat().st_size < 2_000_000  # a few hundred kB on disk
+    with pytest.raises(ImageDecodeError, match="more than 8 bits per sample"):
+        read_image(path)
+    small = tmp_path / "small.tif"
+    Image.fromarray(np.linspace(0, 1, 64 * 64, dtype=np.float32).reshape(64, 64), mode="F").save(small)
+    px = read_image(small)
+    assert px.shape == (64, 64, 3) and px[0, 0, 0] == 0 and px[-1, -1, 0] == 255

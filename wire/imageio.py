@@ -57,6 +57,13 @@ MAX_FILE_BYTES = 256 << 20
 IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".bmp", ".tif", ".tiff", ".gif", ".webp")
 #: the suffixes read as images from zips (the authors' ``images_<session>.zip`` hold JPEGs)
 ZIP_SUFFIXES = (".jpg", ".jpeg", ".png")
+#: the only formats Pillow may decode, whatever a file's name says: raster image formats, never a
+#: format that runs a program (EPS/PS call Ghostscript) or decodes something else (PDF, ICNS, ...)
+IMAGE_FORMATS = ("JPEG", "PNG", "BMP", "TIFF", "GIF", "WEBP")
+#: most pixels of an image with more than 8 bits per sample (16-bit, 32-bit integer or float grey): each
+#: is 4 bytes decoded and scaled in float32, so 16 megapixels stay under ~200 MiB at the peak
+MAX_WIDE_PIXELS = 16_000_000
+_WIDE_MODES = frozenset({"I", "F", "I;16", "I;16L", "I;16B", "I;16N"})
 
 _SIXTEEN_BIT = ("I;16", "I;16L", "I;16B", "I;16N")
 _ALPHA = ("RGBA", "RGBa", "LA", "La", "PA")
@@ -85,11 +92,14 @@ def _scale16(a: np.ndarray) -> np.ndarray:
 
 def _stretch(a: np.ndarray) -> np.ndarray:
     """Linear min..max -> 0..255 (a constant image becomes mid-grey)."""
-    x = a.astype(np.float64)
+    x = a.astype(np.float64)  # one copy; the arithmetic below is in place (bounded memory)
     lo, hi = float(x.min()), float(x.max())
     if hi <= lo:
         return np.full(x.shape, BACKGROUND, np.uint8)
-    return np.rint((x - lo) * 255.0 / (hi - lo)).astype(np.uint8)
+    x -= lo
+    x *= 255.0
+    x /= hi - lo
+    return np.rint(x, out=x).astype(np.uint8)
 
 
 def _grey_to_rgb(g: np.ndarray) -> np.ndarray:
@@ -116,6 +126,9 @@ def check_size(img: Image.Image, name: str = "image", max_pixels: int = MAX_PIXE
     if w * h > max_pixels:
         raise ImageDecodeError(f"{name}: {w} x {h} = {w * h:,} pixels is more than the limit of "
                                f"{max_pixels:,} (a decompression bomb or an absurdly large image)")
+    if img.mode in _WIDE_MODES and w * h > min(max_pixels, MAX_WIDE_PIXELS):
+        raise ImageDecodeError(f"{name}: a {img.mode} image of {w} x {h} = {w * h:,} pixels; images with more "
+                               f"than 8 bits per sample are read up to {MAX_WIDE_PIXELS:,} pixels")
 
 
 def to_rgb8(img: Image.Image, name: str = "image", max_pixels: int = MAX_PIXELS) -> np.ndarray:
@@ -149,7 +162,7 @@ def to_rgb8(img: Image.Image, name: str = "image", max_pixels: int = MAX_PIXELS)
             if not np.isfinite(f).all():
                 raise ImageDecodeError(f"{name}: float image with NaN or infinite values")
             lo, hi = float(f.min()), float(f.max())
-            g = np.rint(f.astype(np.float64) * 255.0).astype(np.uint8) if lo >= 0.0 and hi <= 1.0 else _stretch(f)
+            g = np.rint(f * np.float32(255.0)).astype(np.uint8) if lo >= 0.0 and hi <= 1.0 else _stretch(f)
             out = _grey_to_rgb(g)
         elif mode in _CONVERTIBLE:
             out = np.asarray(img.convert("RGB"), dtype=np.uint8)
@@ -172,9 +185,9 @@ def _open(fp: io.BytesIO | Path, name: str) -> Image.Image:
     try:
         with warnings.catch_warnings():
             warnings.simplefilter("error", Image.DecompressionBombWarning)
-            return Image.open(fp)
+            return Image.open(fp, formats=IMAGE_FORMATS)
     except UnidentifiedImageError as exc:
-        raise ImageDecodeError(f"{name}: not an image file Pillow can read") from exc
+        raise ImageDecodeError(f"{name}: not an image file of the formats read ({', '.join(IMAGE_FORMATS)})") from exc
     except (Image.DecompressionBombWarning, Image.DecompressionBombError) as exc:
         raise ImageDecodeError(f"{name}: refused as a decompression bomb: {exc}") from exc
     except (OSError, ValueError, SyntaxError, EOFError, IndexError, TypeError) as exc:

@@ -213,3 +213,17 @@ def test_damaged_array_is_reported(tmp_path: Path) -> None:
     with SessionReader(path) as r:
         assert [d.kind for d in r.documents()] == ["trial"]
         assert "array checksum" in r.problems[0]
+
+
+@pytest.mark.parametrize("counts", [np.array([1.0, np.nan]), np.array([np.inf, 2.0]), np.array([3, -1], np.int32),
+                                    np.array([1, 2, 3], np.int32)],
+                         ids=["nan", "inf", "negative", "count-mismatch"])
+def test_counts_that_cannot_be_spike_counts_are_refused(tmp_path: Path, counts: np.ndarray) -> None:
+    bad = ResponseDoc(trial_id="t0", units=["u0", "u1"], counts=counts, window=(0.05, 0.15), onset_acq=1.0)
+    with SessionWriter.create(tmp_path / "s.h5") as w:
+        with pytest.raises(StoreError, match="trial t0"):
+            w.write(bad)
+        w.write(ResponseDoc(trial_id="t1", units=["u0", "u1"], counts=np.array([0.5, 2.0]), window=(0.05, 0.15),
+                            onset_acq=1.0))  # repeat-averaged (imported) counts may be fractional
+    with SessionReader(tmp_path / "s.h5") as r:
+        assert [d.trial_id for d in r.documents()] == ["t1"]

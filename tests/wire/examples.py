@@ -97,7 +97,8 @@ def example(cls: type[BaseModel], rng: np.random.Generator | None = None, depth:
     from pydantic import ValidationError
 
     rng = rng or np.random.default_rng(0)
-    fields = {n: f for n, f in cls.model_fields.items() if n not in ("uid", "time")}
+    # a document's uid and time have their own defaults; a message's required 'time' is filled like any field
+    fields = {n: f for n, f in cls.model_fields.items() if n not in ("uid", "time") or f.is_required()}
     values = {n: example_value(f.annotation, list(f.metadata), rng, depth) for n, f in fields.items()}
     try:
         return cls(**values)
