@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import contextlib
 import logging
+import os
 import threading
 from collections.abc import Iterator
 from dataclasses import dataclass, field
@@ -52,6 +53,10 @@ class RayCluster:
         if not 0 < gpus <= 8 or not 0 < cpus <= 256:
             raise ModelError(f"ray: gpus must be in (0, 8] and cpus in (0, 256], got {gpus}, {cpus}")
         if not ray.is_initialized():
+            # Ray's servers listen on every interface whatever address they are given (checked with Ray
+            # 2.60): a cluster started or joined here requires Ray's token authentication, so nobody on
+            # the lab network can submit work to it (docs/security.md). A lab's own setting is kept.
+            os.environ.setdefault("RAY_AUTH_MODE", "token")
             try:
                 ray.init(address=None if address == "local" else address, include_dashboard=False,
                          log_to_driver=False)
