@@ -155,6 +155,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
                      help="the rig's client NAME.key_secret for the stimserver's events (with --curve-server-key)")
     sec.add_argument("--curve-server-key", type=Path, metavar="FILE",
                      help="the stimserver's public NAME.key")
+    p.add_argument("--lsl-scope", choices=["machine", "site"], default="machine",
+                   help="who can discover the rig's LSL streams: this machine only (default), or the lab "
+                        "network (a rig reached from another machine)")
     p.add_argument("-v", "--verbose", action="store_true")
     return p.parse_args(argv)
 
@@ -227,7 +230,7 @@ async def amain(args: argparse.Namespace, truth: GroundTruth, curve: CurveServer
 
 def main(argv: list[str] | None = None) -> None:
     args = parse_args(argv)
-    lslconfig.configure(args.verbose)  # liblsl quiet unless -v (a parent's LSLAPICFG is kept)
+    lslconfig.configure(args.verbose, args.lsl_scope)  # liblsl quiet unless -v; a lab's LSLAPICFG is kept
     logging.basicConfig(level=logging.DEBUG if args.verbose else logging.INFO,
                         format="%(asctime)s %(name)s %(levelname)s %(message)s")
     try:
