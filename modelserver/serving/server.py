@@ -33,6 +33,7 @@ from modelserver.generate.confine import file_in, plain_name
 from modelserver.generate.limits import RequestLimits
 from modelserver.serving.versions import (
     current_version,
+    load_intact,
     load_version,
     save_version,
     set_current,
@@ -126,6 +127,8 @@ class ModelServer:
             self._register_generate()
         self.model: DeepEnsemble | None = None
         self.version: str | None = None
+        #: versions skipped at start because they could not be loaded (a damaged file), with why
+        self.skipped_versions: list[str] = []
         self._model_lock = threading.Lock()
         self._job: asyncio.Task[None] | None = None
         self._job_id: str | None = None
@@ -135,7 +138,13 @@ class ModelServer:
         self._pub: EventPublisher | None = None
         current = current_version(self.versions_dir)  # what it served before a restart
         if current is not None:
-            self._load(current, remember=False)  # already versions/CURRENT (or the newest): nothing to write
+            model, version, skipped = load_intact(self.versions_dir, current, self.device)
+            if skipped:  # a damaged version must not stop every later session on this folder
+                log.warning("model version(s) that cannot be loaded were skipped: %s; serving %s",
+                            "; ".join(skipped), version)
+            self.skipped_versions = skipped
+            # already versions/CURRENT (or the newest) unless it fell back: then the fallback is remembered
+            self._serve(model, version, remember=version != current)
 
     def _register_generate(self) -> None:
         """The ``gen.*`` commands over this server's own models (``modelserver.generate.context``)."""

@@ -23,7 +23,7 @@ from modelserver.training.ensemble import DeepEnsemble, FitReport
 from wire.errors import InvalidRequest, NotFound
 from wire.model import VersionInfo
 
-__all__ = ["current_version", "latest_version", "load_version", "read_version", "save_version", "set_current",
+__all__ = ["current_version", "latest_version", "load_intact", "load_version", "read_version", "save_version", "set_current",
            "version_infos", "version_path", "write_atomic"]
 
 #: ``versions/CURRENT``: the id of the version the server serves (the newest trained one, or one an
@@ -86,6 +86,25 @@ def current_version(versions_dir: Path) -> str | None:
         if (Path(versions_dir) / f"{named}.json").is_file():
             return named
     return latest_version(versions_dir)
+
+
+def load_intact(versions_dir: Path, first: str, device: torch.device | str = "cpu",
+                ) -> tuple[DeepEnsemble, str, list[str]]:
+    """``first`` (the served version), or where it cannot be loaded (a damaged file) the newest version that
+    can: (its ensemble, its id, one line per version skipped and why). Raises the error of ``first`` where
+    no version loads at all."""
+    order = [first] + [v.version for v in sorted(version_infos(versions_dir), key=lambda v: v.created,
+                                                 reverse=True) if v.version != first]
+    skipped: list[str] = []
+    error: Exception | None = None
+    for version in order:
+        try:
+            return load_version(versions_dir, version, device), version, skipped
+        except Exception as exc:  # a truncated or corrupt .pt: torch raises many types
+            skipped.append(f"{version}: {type(exc).__name__}: {str(exc)[:200]}")
+            error = error or exc
+    assert error is not None
+    raise error
 
 
 def load_version(versions_dir: Path, version: str, device: torch.device | str = "cpu") -> DeepEnsemble:

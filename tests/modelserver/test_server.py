@@ -148,6 +148,27 @@ async def test_a_loaded_back_version_survives_a_restart(cfg: ModelServerConfig) 
     assert current_version(versions) == second
 
 
+async def test_a_damaged_current_version_falls_back_to_the_newest_intact_one(cfg: ModelServerConfig) -> None:
+    """A truncated current version (a full disk, a killed copy) used to stop every later session on the
+    folder: the server now serves the newest version that loads, warns, and remembers it."""
+    torch.set_num_threads(1)
+    imgs, counts = _data()
+    async with ModelServer(cfg) as server, RpcClient(server.endpoint, timeout=30) as client:
+        await client.request(Ingest(session="s1", image_ids=[image_id(i) for i in imgs], counts=counts, images=imgs),
+                             Ingested)
+        first = await _train(client)
+        second = await _train(client)
+    versions = cfg.data_dir / "versions"
+    blob = (versions / f"{second}.pt").read_bytes()
+    (versions / f"{second}.pt").write_bytes(blob[: len(blob) // 3])  # damaged mid-file
+    async with ModelServer(cfg) as server, RpcClient(server.endpoint, timeout=30) as client:
+        assert server.version == first and len(server.skipped_versions) == 1
+        assert server.skipped_versions[0].startswith(second)
+        assert (await client.request(Status(), ServerStatus)).current_version == first
+        await client.request(Predict(session="s1", images=imgs[:2]), Prediction)  # it serves
+    assert current_version(versions) == first  # remembered: the next start does not try the damaged one
+
+
 async def test_unknown_version_is_not_found(cfg: ModelServerConfig) -> None:
     async with ModelServer(cfg) as server, RpcClient(server.endpoint, timeout=10) as client:
         with pytest.raises(NotFound):
