@@ -114,3 +114,13 @@ def test_script_protocol_round_trips_through_json() -> None:
     assert isinstance(proto, ScriptProtocol)
     again = ScriptProtocol.model_validate_json(proto.model_dump_json())
     assert again == proto
+
+
+def test_the_shipped_causal_protocols_match_one_to_one_and_synthesize_from_the_pool() -> None:
+    """With 'best' matching two recorded neurons shared one model neuron and one of them got no images;
+    the shipped files match one to one, and maximize starts synthesis from its strongest start."""
+    for name in ("maximize.yaml", "adversarial.yaml", "smooth.yaml"):
+        proto = load_protocol(EXAMPLES / name)
+        assert proto.match.assignment == "one_to_one", name  # type: ignore[attr-defined]
+    maximize = load_protocol(EXAMPLES / "maximize.yaml")
+    assert isinstance(maximize, MaximizeProtocol) and maximize.synth.init == "pool"
