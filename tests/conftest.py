@@ -14,8 +14,14 @@ import subprocess
 from collections.abc import Iterator
 from pathlib import Path
 
-import hypothesis  # noqa: F401  imported here, at a shallow stack: pytest rewrites it on first import,
+import hypothesis  # imported here, at a shallow stack: pytest rewrites it on first import,
 import pytest  # and CPython 3.11's AST checks can fail when that happens deep in the session's teardown
+
+# Property tests draw the same examples on every run (a failure in CI reproduces on any machine), and
+# a failure prints the blob that replays it. HYPOTHESIS_PROFILE=explore draws fresh ones.
+hypothesis.settings.register_profile("cortexloop", derandomize=True, print_blob=True)
+hypothesis.settings.register_profile("explore", derandomize=False, print_blob=True)
+hypothesis.settings.load_profile(os.environ.get("HYPOTHESIS_PROFILE", "cortexloop"))
 
 if os.environ.get("PYTEST_XDIST_WORKER"):
     # pytest-xdist: each worker (and every process it starts) gets one compute thread, so two workers
