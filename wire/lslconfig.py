@@ -2,8 +2,8 @@
 
 liblsl prints INFO lines (its version, "Loaded default config") on stderr the first time a process
 uses it, which filled the console of every run with a line per child process. liblsl reads its settings
-from the file named by ``LSLAPICFG``; :func:`configure` writes one with the log level set to errors
-(warnings with ``verbose``) and points ``LSLAPICFG`` at it, before liblsl is first used. Child processes
+from the file named by ``LSLAPICFG``; :func:`configure` writes one with the log level set to fatal errors only
+(warnings with ``verbose``; fatal errors only otherwise) and points ``LSLAPICFG`` at it, before liblsl is first used. Child processes
 inherit it. A lab's own ``LSLAPICFG`` (or ``lsl_api.cfg`` in the working folder) is never overridden.
 
 ``scope="machine"`` (the embedded virtual rig) also keeps discovery on this machine: liblsl answers
@@ -20,8 +20,9 @@ import tempfile
 from pathlib import Path
 from typing import Literal
 
-#: loguru verbosity of liblsl: 0 info, -1 warnings, -2 errors
-QUIET, WARNINGS = -2, -1
+#: loguru verbosity of liblsl: 0 info, -1 warnings, -2 errors, -3 fatal only (quiet: liblsl reports a
+#: stream that ended, e.g. the rig at the end of a session, as an error; the session sees it itself)
+QUIET, WARNINGS = -3, -1
 Scope = Literal["site", "machine"]
 
 
