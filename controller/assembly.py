@@ -179,7 +179,9 @@ async def assemble(cfg: RunConfig, protocol: ProtocolBase, *, resume: bool = Fal
             engine = Engine(EngineConfig(session_id=session_id, rig=cfg.rig, subject=cfg.subject, seed=cfg.seed,
                                          refresh_hz=cfg.stim.refresh_hz,
                                          behavior=awake.fixation if awake is not None else None,
-                                         fixation_spot=awake.spot if awake is not None else None),
+                                         fixation_spot=awake.spot if awake is not None else None,
+                                         idle_warn_s=awake.idle_warn_s if awake is not None else 30.0,
+                                         idle_pause=awake.idle_pause if awake is not None else False),
                             store=w("store", store), stim=w("stim", stim), source=w("source", source),
                             binner=_binner(cfg), images=lib, models=w("models", models), pixels=pixels,
                             recording=recording, image_listeners=[rig_part.load] if rig_part is not None else [])
@@ -443,9 +445,11 @@ async def _acquisition(cfg: RunConfig, events: str, children: dict[str, Child], 
         if rig_rpc is not None:
             rig = await stack.enter_async_context(RigLink(rig_rpc, curve=_client_keys(cfg, "rig", rig_rpc)))
         sync = acq.sync
-        source = (LslSource(spike_name=spikes, marker_name=markers, silence_timeout=acq.silence_timeout)
+        pin = acq.lsl_pin.model_dump()
+        source = (LslSource(spike_name=spikes, marker_name=markers, silence_timeout=acq.silence_timeout, pin=pin)
                   if sync is not None else
-                  LslSource(spike_name=spikes, marker_name=None, marker_type=None, silence_timeout=acq.silence_timeout))
+                  LslSource(spike_name=spikes, marker_name=None, marker_type=None, silence_timeout=acq.silence_timeout,
+                            pin=pin))
         log.info("acquisition %s: LSL %r%s%s", acq.kind, spikes, f", sync {sync.channel} on {markers!r}" if sync
                  else "", f", virtual rig at {rig_rpc}" if rig_rpc else "")
         yield source, rig

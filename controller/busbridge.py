@@ -9,15 +9,17 @@ from typing import Any
 
 from pydantic import ValidationError
 
-from controller.bus.base import Bus
+from controller.bus.base import Bus, Command
 from controller.engine import Engine
 from wire.errors import BusError
 from wire.topics import (
     AbortCommand,
+    BehaviorStatus,
     BlockStatus,
     ModelProgress,
     PauseCommand,
     ResumeCommand,
+    RewardCommand,
     SessionEvent,
     SessionStatus,
     TrialStatus,
@@ -28,7 +30,7 @@ log = logging.getLogger(__name__)
 #: events an operator should see as warnings (a part is down, the session goes on without it)
 _WARNINGS = frozenset({"stim_unreachable", "acquisition_failed", "fallback", "generate_failed", "ingest_deferred",
                        "retrain_skipped", "match_failed", "ingest_unsent", "model_unreachable",
-                       "photodiode_lost"})
+                       "photodiode_lost", "animal_idle", "reward_unconfirmed"})
 
 _BLOCK_STATES = {"preparing": "queued", "presenting": "running", "paused": "running", "counting": "running",
                  "done": "completed", "aborted": "aborted", "failed": "failed"}
@@ -77,6 +79,13 @@ class BusBridge:
                                     session_id=payload.get("session_id"), message=payload.get("message", ""))
             except ValidationError as exc:  # a status listener must not fail the step that reports
                 log.warning("model progress not published: %s", exc)
+                return
+        elif topic == "behavior":
+            try:
+                msg = BehaviorStatus.model_validate({k: v for k, v in payload.items()
+                                                     if k in BehaviorStatus.model_fields})
+            except ValidationError as exc:  # a status listener must not fail the event pump that reports
+                log.warning("behaviour status not published: %s", exc)
                 return
         elif topic in ("event", "operator"):
             level = "warning" if payload.get("what") in _WARNINGS else "info"
@@ -128,7 +137,7 @@ class BusBridge:
                 log.exception("the operator command loop failed; listening again")
                 await asyncio.sleep(0.1)
 
-    async def _obey(self, cmd: PauseCommand | ResumeCommand | AbortCommand) -> None:
+    async def _obey(self, cmd: Command) -> None:
         reason = cmd.reason or f"MQTT {cmd.kind} by {cmd.issued_by or 'operator'}"
         self._on_status("event", {"what": "operator", "message": f"{cmd.kind} accepted ({cmd.command_id})"})
         if isinstance(cmd, PauseCommand):
@@ -137,6 +146,9 @@ class BusBridge:
             await self.engine.resume(reason)
         elif isinstance(cmd, AbortCommand):
             await self.engine.abort(reason)
+        elif isinstance(cmd, RewardCommand):
+            await self.engine.give_reward(cmd.duration_ms, operator=cmd.issued_by or "operator",
+                                          command_id=cmd.command_id, reason=reason)
 
     async def __aenter__(self) -> BusBridge:
         self._tasks = [asyncio.create_task(self._publish()), asyncio.create_task(self._commands())]

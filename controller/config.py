@@ -87,6 +87,18 @@ class SyncConfig(_Cfg):
                                                                       "accepted before the first match")
 
 
+class StreamPin(_Cfg):
+    """Which LSL stream is the rig's, when several share its name (another rig, a test outlet)."""
+
+    source_id: str | None = Field(default=None, max_length=200, description="the stream's source_id")
+    host: str | None = Field(default=None, max_length=200, description="the hostname of the machine sending it")
+
+
+class LslPinConfig(_Cfg):
+    spikes: StreamPin = Field(default_factory=StreamPin)
+    markers: StreamPin = Field(default_factory=StreamPin)
+
+
 class AcquisitionConfig(_Cfg):
     kind: Literal["virtual", "lsl", "openephys"] = Field(
         default="virtual", description="virtual: start a virtual rig process (spikes over LSL); "
@@ -99,6 +111,9 @@ class AcquisitionConfig(_Cfg):
     control_stop: Literal["ACQUIRE", "IDLE"] = Field(default="ACQUIRE", description="mode after the last block")
     lsl_spike_name: str | None = "cortexloop-spikes"
     lsl_marker_name: str | None = "cortexloop-sync"
+    lsl_pin: LslPinConfig = Field(default_factory=LslPinConfig, description="kind lsl: pin the spike and marker "
+                                  "streams by source_id and/or host (a session refuses a name that several "
+                                  "streams on the network share)")
     sync: SyncConfig | None = Field(default=None, description="the sync channel (default for kind virtual: "
                                                               "the rig's photodiode markers)")
     silence_timeout: float = Field(default=10.0, gt=0, description="seconds without data before it is an error")
@@ -133,6 +148,10 @@ class BehaviorConfig(_Cfg):
     break_rate: float = Field(default=0.25, ge=0, le=100, description="gaze virtual: the virtual monkey's breaks "
                               "of fixation per second (rising as it goes without reward)")
     gaze_rate_hz: float = Field(default=1000.0, gt=0, le=10_000, description="gaze virtual: samples per second")
+    idle_warn_s: float = Field(default=30.0, gt=0, le=86_400, description="the 'not working' warning (an "
+                               "animal_idle event) after this long without a completed sequence during a block")
+    idle_pause: bool = Field(default=False, description="the 'not working' warning also pauses the session "
+                             "(resume it as after an operator's pause)")
 
     @model_validator(mode="after")
     def _sources(self) -> BehaviorConfig:

@@ -1,4 +1,5 @@
-"""The controller's side of the stimulus server: one RPC client and the trial-event subscription."""
+"""The controller's side of the stimulus server: one RPC client and the event subscription (trials,
+and with an awake animal its rewards and the trial state machine's transitions)."""
 
 from __future__ import annotations
 
@@ -9,7 +10,14 @@ from typing import Any
 import numpy as np
 import zmq.asyncio
 
-from wire.behavior import FixationRule
+from wire.behavior import (
+    STIM_BEHAVIOR_TOPIC,
+    STIM_REWARD_TOPIC,
+    BehaviorEvent,
+    FixationRule,
+    GiveReward,
+    RewardEvent,
+)
 from wire.errors import CortexloopError
 from wire.messages import Pong
 from wire.security import CurveClient
@@ -33,13 +41,18 @@ from wire.transport import EventSubscriber, RpcClient
 log = logging.getLogger(__name__)
 
 
+#: what :meth:`StimLink.events` yields
+StimEvent = TrialEvent | RewardEvent | BehaviorEvent
+
+
 class StimLink:
-    """Commands to a stimserver and its trial events. ``async with StimLink(rpc, events):``."""
+    """Commands to a stimserver and its events. ``async with StimLink(rpc, events):``."""
 
     def __init__(self, rpc_endpoint: str, events_endpoint: str, *, timeout: float = 10.0,
                  context: zmq.asyncio.Context | None = None, curve: CurveClient | None = None) -> None:
         self.client = RpcClient(rpc_endpoint, timeout=timeout, context=context, curve=curve)
-        self._events = EventSubscriber(events_endpoint, [TrialEvent], topics=[STIM_TRIAL_TOPIC],
+        self._events = EventSubscriber(events_endpoint, [TrialEvent, RewardEvent, BehaviorEvent],
+                                       topics=[STIM_TRIAL_TOPIC, STIM_REWARD_TOPIC, STIM_BEHAVIOR_TOPIC],
                                        context=context, curve=curve)
 
     async def __aenter__(self) -> StimLink:
@@ -83,7 +96,13 @@ class StimLink:
     async def status(self, timeout: float | None = None) -> StimStatus:
         return await self.client.request(GetStimStatus(), StimStatus, timeout=timeout)
 
-    async def events(self) -> AsyncIterator[TrialEvent]:
+    async def give_reward(self, duration_ms: float | None = None, operator: str = "") -> StimStatus:
+        """One manual reward pulse (the server publishes its ``stim.reward`` event before it answers);
+        a server without a reward line answers with an error."""
+        return await self.client.request(GiveReward(duration_ms=duration_ms, operator=operator[:128]), StimStatus)
+
+    async def events(self) -> AsyncIterator[StimEvent]:
+        """Trial events, and (awake animals) reward and behaviour events, in the order published."""
         async for ev in self._events:
             yield ev
 

@@ -8,10 +8,12 @@ session and may pause, resume or abort it. All topics of one rig live under
     cortexloop/<rig>/session/block     BlockStatus    (a block started, progressed, finished)
     cortexloop/<rig>/session/trial     TrialStatus    (one per shown trial)
     cortexloop/<rig>/session/event     SessionEvent   (notes: command accepted/rejected, errors)
+    cortexloop/<rig>/session/behavior  BehaviorStatus (retained: an awake animal's running counters and gaze)
     cortexloop/<rig>/model/progress    ModelProgress  (retained: the latest retraining, synthesis, ... progress)
     cortexloop/<rig>/cmd/pause         PauseCommand   (operator -> controller)
     cortexloop/<rig>/cmd/resume        ResumeCommand  (operator -> controller)
     cortexloop/<rig>/cmd/abort         AbortCommand   (operator -> controller)
+    cortexloop/<rig>/cmd/reward        RewardCommand  (operator -> controller: a manual reward)
 
 Payloads are UTF-8 JSON of the pydantic models below (``kind`` names the model). Commands are
 accepted only from authenticated clients: the broker refuses anonymous connections and its
@@ -25,7 +27,7 @@ import re
 import time
 from typing import Annotated, Literal
 
-from pydantic import Field, TypeAdapter, ValidationError
+from pydantic import BaseModel, ConfigDict, Field, TypeAdapter, ValidationError
 
 from wire.base import Message, new_uid
 from wire.errors import DecodeError
@@ -34,7 +36,7 @@ ROOT = "cortexloop"
 #: A rig name is one topic level: letters, digits, ``-``, ``_`` and ``.`` only.
 RIG_PATTERN = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}$")
 
-COMMAND_NAMES: tuple[str, ...] = ("pause", "resume", "abort")
+COMMAND_NAMES: tuple[str, ...] = ("pause", "resume", "abort", "reward")
 
 
 def check_rig(rig: str) -> str:
@@ -110,6 +112,44 @@ class ModelProgress(BusMessage):
     message: str = ""
 
 
+class BehaviorCounters(BaseModel):
+    """An awake animal's running counts over a session or one block (``controller.engine.behavior``)."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    started: int = Field(default=0, ge=0, description="fixations acquired (sequences started)")
+    completed: int = Field(default=0, ge=0, description="sequences completed (each earns a reward)")
+    share_completed: float | None = Field(default=None, ge=0.0, le=1.0, description="completed / started "
+                                          "(None before the first start)")
+    breaks: int = Field(default=0, ge=0, description="breaks of fixation")
+    no_fixation: int = Field(default=0, ge=0, description="failed acquisitions")
+    rewards: int = Field(default=0, ge=0, description="rewards given (earned and manual)")
+    manual_rewards: int = Field(default=0, ge=0, description="of which manual (the operator's)")
+    invalid: int = Field(default=0, ge=0, description="trials that did not count")
+
+
+class BehaviorStatus(BusMessage):
+    """An awake session's behaviour: counters for the session and the current block, the last gaze
+    sample the stimulus server judged, and the "not working" warning. Retained: a late dashboard sees
+    the current counts at once."""
+
+    kind: Literal["bus.behavior"] = "bus.behavior"
+    session_id: str | None = Field(default=None, description="uid of the session")
+    block_id: str | None = Field(default=None, description="the block the block counters are of")
+    session: BehaviorCounters = Field(default_factory=BehaviorCounters, description="counts of the whole session")
+    block: BehaviorCounters = Field(default_factory=BehaviorCounters, description="counts of the current block")
+    gaze: tuple[float, float] | None = Field(default=None, description="last gaze sample that decided a "
+                                             "transition (deg from the screen centre, x right, y up); None: no eye")
+    gaze_time: float | None = Field(default=None, description="that sample's time (stim clock, s)")
+    gaze_wall: float | None = Field(default=None, description="when the controller heard of it (s since the epoch)")
+    last: str | None = Field(default=None, description="the last transition: acquired, break, no_fixation, completed")
+    window_deg: float | None = Field(default=None, description="radius of the fixation window (deg)")
+    centre: tuple[float, float] = Field(default=(0.0, 0.0), description="the fixation spot's position (deg)")
+    idle: bool = Field(default=False, description="no sequence completed for idle_warn_s during a block")
+    idle_s: float | None = Field(default=None, description="seconds without a completed sequence, when idle")
+    warning: str = Field(default="", description="the not-working warning, when idle")
+
+
 # --- payloads: operator -> controller --------------------------------------------------------
 class Command(BusMessage):
     """Base of operator commands. ``command_id`` lets the operator match the controller's ack."""
@@ -135,10 +175,20 @@ class AbortCommand(Command):
         default="now", description="stop at once (block marked aborted) or after the running block")
 
 
-AnyCommand = Annotated[PauseCommand | ResumeCommand | AbortCommand, Field(discriminator="kind")]
-_COMMAND_ADAPTER: TypeAdapter[PauseCommand | ResumeCommand | AbortCommand] = TypeAdapter(AnyCommand)
+class RewardCommand(Command):
+    """A manual reward: the controller asks the stimulus server for one pulse (``stim.give_reward``) and
+    records it (a manual ``reward`` document and an ``operator`` event naming ``issued_by``)."""
+
+    kind: Literal["cmd.reward"] = "cmd.reward"
+    duration_ms: float | None = Field(default=None, gt=0, le=5000, description="pulse length (ms); None: the "
+                                      "reward schedule's base length")
+
+
+AnyCommandType = PauseCommand | ResumeCommand | AbortCommand | RewardCommand
+AnyCommand = Annotated[AnyCommandType, Field(discriminator="kind")]
+_COMMAND_ADAPTER: TypeAdapter[AnyCommandType] = TypeAdapter(AnyCommand)
 COMMAND_CLASSES: dict[str, type[Command]] = {
-    "pause": PauseCommand, "resume": ResumeCommand, "abort": AbortCommand,
+    "pause": PauseCommand, "resume": ResumeCommand, "abort": AbortCommand, "reward": RewardCommand,
 }
 
 
@@ -154,6 +204,7 @@ class Topics:
         self.block = f"{base}/session/block"
         self.trial = f"{base}/session/trial"
         self.event = f"{base}/session/event"
+        self.behavior = f"{base}/session/behavior"
         self.model_progress = f"{base}/model/progress"
         self.cmd_prefix = f"{base}/cmd"
         #: subscription filter for every command of this rig
@@ -176,6 +227,8 @@ class Topics:
             return self.trial
         if isinstance(msg, SessionEvent):
             return self.event
+        if isinstance(msg, BehaviorStatus):
+            return self.behavior
         if isinstance(msg, ModelProgress):
             return self.model_progress
         if isinstance(msg, PauseCommand):
@@ -184,12 +237,15 @@ class Topics:
             return self.command("resume")
         if isinstance(msg, AbortCommand):
             return self.command("abort")
+        if isinstance(msg, RewardCommand):
+            return self.command("reward")
         raise DecodeError(f"no topic for {type(msg).__name__}")
 
     def retained(self, msg: BusMessage) -> bool:
-        """Whether a payload is published with the retain flag: the status and the model progress,
-        whose latest message is the current state (a block, trial or event is one occurrence)."""
-        return isinstance(msg, SessionStatus | ModelProgress)
+        """Whether a payload is published with the retain flag: the status, the model progress and the
+        behaviour counters, whose latest message is the current state (a block, trial or event is one
+        occurrence)."""
+        return isinstance(msg, SessionStatus | ModelProgress | BehaviorStatus)
 
 
 _STATUS_CLASSES: dict[str, type[BusMessage]] = {
@@ -197,6 +253,7 @@ _STATUS_CLASSES: dict[str, type[BusMessage]] = {
     "session/block": BlockStatus,
     "session/trial": TrialStatus,
     "session/event": SessionEvent,
+    "session/behavior": BehaviorStatus,
     "model/progress": ModelProgress,
 }
 
@@ -225,7 +282,7 @@ def _validation_summary(exc: ValidationError) -> str:
 
 
 def decode_command(topic: str, payload: bytes | bytearray | memoryview | str | None,
-                   rig: str) -> PauseCommand | ResumeCommand | AbortCommand:
+                   rig: str) -> AnyCommandType:
     """Validate a command: the topic must be this rig's ``cmd/<name>`` and the payload that command.
 
     An empty payload is the command with default fields. Any other payload must be at most
@@ -279,7 +336,7 @@ def decode_command(topic: str, payload: bytes | bytearray | memoryview | str | N
         value = getattr(cmd, field)
         if value is not None and len(value) > MAX_COMMAND_ID_CHARS:
             raise DecodeError(f"invalid {name} command: {field} is longer than {MAX_COMMAND_ID_CHARS} characters")
-    assert isinstance(cmd, PauseCommand | ResumeCommand | AbortCommand)
+    assert isinstance(cmd, PauseCommand | ResumeCommand | AbortCommand | RewardCommand)
     return cmd
 
 

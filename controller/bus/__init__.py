@@ -1,4 +1,4 @@
-"""The MQTT bus: status and events out to dashboards/operators, pause/resume/abort in.
+"""The MQTT bus: status and events out to dashboards/operators, pause/resume/abort/reward in.
 
 - :class:`Bus`: the interface (async context manager; ``publish``; ``commands()``).
 - :class:`MqttBus` / :class:`MqttOperator`: aiomqtt implementations (controller / operator side).

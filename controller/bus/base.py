@@ -8,9 +8,10 @@ from types import TracebackType
 from typing import Protocol, runtime_checkable
 
 from wire.errors import BusError, DecodeError
-from wire.topics import AbortCommand, BusMessage, PauseCommand, ResumeCommand, SessionEvent, Topics
+from wire.topics import AnyCommandType, BusMessage, SessionEvent, Topics
 
-Command = PauseCommand | ResumeCommand | AbortCommand
+#: every operator command (pause, resume, abort, reward)
+Command = AnyCommandType
 
 
 @runtime_checkable

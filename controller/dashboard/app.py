@@ -4,8 +4,9 @@ Routes: ``GET /`` the page (pause/resume/abort buttons only when the dashboard h
 credentials), ``GET /static/<file>`` its script and style, ``GET /api/state`` every section as
 JSON, ``GET /api/events`` the sections as they change (``text/event-stream``: one ``data:`` line of
 JSON per update, holding only the sections that changed), ``GET /api/image/<id>.png`` an image of
-the session file by its id (a strict pattern; never a path), ``POST /api/command/<pause|resume|abort>``
-(403 without operator credentials or without the page's token in ``X-Cortexloop-Token``).
+the session file by its id (a strict pattern; never a path), ``POST /api/command/<pause|resume|abort|reward>``
+(403 without operator credentials or without the page's token in ``X-Cortexloop-Token``; a reward's body may
+be ``{"duration_ms": N}``).
 
 A page from another site cannot send commands: it cannot read the token (same-origin policy), and
 a request for another host name (DNS rebinding) is refused by the host check.
@@ -24,6 +25,7 @@ from collections.abc import AsyncIterator
 from importlib import resources
 from typing import Any
 
+from pydantic import ValidationError
 from starlette.applications import Starlette
 from starlette.middleware import Middleware
 from starlette.middleware.trustedhost import TrustedHostMiddleware
@@ -35,7 +37,7 @@ from controller.dashboard.follow import BusFollower, FileFollower
 from controller.dashboard.png import valid_image_id
 from controller.dashboard.state import DashboardState
 from wire.errors import BusError
-from wire.topics import COMMAND_NAMES
+from wire.topics import COMMAND_NAMES, RewardCommand
 
 log = logging.getLogger(__name__)
 
@@ -47,6 +49,9 @@ CONTROLS = """<div id="controls" class="controls">
   <button id="btn-pause" data-command="pause">Pause</button>
   <button id="btn-resume" data-command="resume">Resume</button>
   <button id="btn-abort" data-command="abort" class="danger">Abort</button>
+  <button id="btn-reward" data-command="reward" class="reward" title="a manual reward now">Reward</button>
+  <input id="reward-ms" type="number" min="1" max="5000" step="10" placeholder="ms"
+         title="reward length (ms); empty: the reward schedule's base length">
   <span id="command-note"></span>
 </div>"""
 
@@ -68,6 +73,35 @@ def clean(obj: Any) -> Any:
 
 def dumps(obj: Any) -> str:
     return json.dumps(clean(obj), separators=(",", ":"), allow_nan=False, default=str)
+
+
+async def _reward_fields(request: Request) -> dict[str, Any]:
+    """A reward's optional ``{"duration_ms": N}`` body, checked as the command checks it (ValueError)."""
+    body = await request.body()
+    if len(body) > 1024:
+        raise ValueError("a reward's body is at most 1 KiB")
+    if not body.strip():
+        return {}
+    try:
+        data = json.loads(body, parse_constant=_not_json)
+    except ValueError as exc:
+        raise ValueError(f"not JSON ({str(exc)[:100]})") from exc
+    if not isinstance(data, dict) or set(data) - {"duration_ms"}:
+        raise ValueError('expected {"duration_ms": N} or nothing')
+    value = data.get("duration_ms")
+    if value is None:
+        return {}
+    if isinstance(value, bool) or not isinstance(value, int | float):
+        raise ValueError("duration_ms: a number of milliseconds")
+    try:
+        cmd = RewardCommand(duration_ms=value)
+    except ValidationError as exc:
+        raise ValueError(f"duration_ms: {exc.errors(include_url=False)[0]['msg']}") from exc
+    return {"duration_ms": cmd.duration_ms}
+
+
+def _not_json(name: str) -> Any:
+    raise ValueError(f"{name} is not JSON")
 
 
 def create_app(state: DashboardState, *, bus: BusFollower | None = None, file: FileFollower | None = None,
@@ -127,8 +161,14 @@ def create_app(state: DashboardState, *, bus: BusFollower | None = None, file: F
             return JSONResponse({"error": "missing or wrong X-Cortexloop-Token"}, 403)
         if kind not in COMMAND_NAMES:
             return JSONResponse({"error": f"unknown command {kind[:40]!r}"}, 404)
+        fields: dict[str, Any] = {}
+        if kind == "reward":
+            try:
+                fields = await _reward_fields(request)
+            except ValueError as exc:
+                return JSONResponse({"error": str(exc)}, 400)
         try:
-            command_id = await bus.send(kind, f"{kind} from the dashboard")
+            command_id = await bus.send(kind, f"{kind} from the dashboard", **fields)
         except BusError as exc:
             return JSONResponse({"error": str(exc)}, 503)
         log.info("dashboard: %s sent (%s)", kind, command_id)

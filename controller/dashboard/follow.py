@@ -123,12 +123,13 @@ class BusFollower:
     def connected(self) -> bool:
         return self._op is not None
 
-    async def send(self, kind: str, reason: str = "") -> str:
-        """Send ``pause``, ``resume`` or ``abort``; returns its command id (BusError when not connected)."""
+    async def send(self, kind: str, reason: str = "", **fields: Any) -> str:
+        """Send ``pause``, ``resume``, ``abort`` or ``reward`` (``fields``: the command's own, e.g. a
+        reward's ``duration_ms``); returns its command id (BusError when not connected)."""
         op = self._op
         if op is None:
             raise BusError("not connected to the bus")
-        cmd = COMMAND_CLASSES[kind](reason=reason or f"{kind} from the dashboard", issued_by=self._user)
+        cmd = COMMAND_CLASSES[kind](reason=reason or f"{kind} from the dashboard", issued_by=self._user, **fields)
         await op.send(cmd)
         return cmd.command_id
 

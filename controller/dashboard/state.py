@@ -26,9 +26,17 @@ from wire.documents import (
     StopDoc,
     TrialDoc,
 )
-from wire.topics import BlockStatus, BusMessage, ModelProgress, SessionEvent, SessionStatus, TrialStatus
+from wire.topics import (
+    BehaviorStatus,
+    BlockStatus,
+    BusMessage,
+    ModelProgress,
+    SessionEvent,
+    SessionStatus,
+    TrialStatus,
+)
 
-SECTIONS = ("session", "block", "trials", "counts", "model", "events", "images", "analyses")
+SECTIONS = ("session", "block", "trials", "counts", "model", "events", "images", "analyses", "behavior")
 #: events shown at most (the newest)
 MAX_EVENTS = 60
 _STOP_STATES = {"success": "done", "abort": "aborted", "fail": "failed"}
@@ -69,6 +77,8 @@ class DashboardState:
         self.model: dict[str, Any] = {"progress": None, "epochs": [], "versions": []}
         self.events: deque[dict[str, Any]] = deque(maxlen=MAX_EVENTS)
         self.analyses: list[dict[str, Any]] = []
+        #: an awake animal's counters and last gaze (``behavior`` status on the bus); inactive until one comes
+        self.behavior: dict[str, Any] = {"active": False}
         self._bus_status = False
         self._steps_done = 0
 
@@ -105,6 +115,8 @@ class DashboardState:
             return self.book.view(self.track.current_block)
         if name == "analyses":
             return self.analyses
+        if name == "behavior":
+            return self.behavior
         raise KeyError(name)
 
     def snapshot(self, names: set[str] | None = None) -> dict[str, Any]:
@@ -133,6 +145,9 @@ class DashboardState:
             self._event(msg.time, msg.level, msg.event, msg.message)
         elif isinstance(msg, ModelProgress):
             self._progress(msg)
+        elif isinstance(msg, BehaviorStatus):
+            self.behavior = {"active": True, **msg.model_dump(mode="json", exclude={"kind"})}
+            self.touch("behavior")
 
     def _progress(self, msg: ModelProgress) -> None:
         data = msg.model_dump(mode="json", exclude={"kind"})
@@ -218,5 +233,6 @@ class DashboardState:
             self.session["state"] = "paused" if doc.what == "paused" else "running"
             self.touch("session")
         warn = doc.what in ("fallback", "stim_unreachable", "acquisition_failed", "generate_failed",
-                            "retrain_skipped", "model_unreachable", "match_failed", "ingest_deferred")
+                            "retrain_skipped", "model_unreachable", "match_failed", "ingest_deferred",
+                            "animal_idle", "reward_unconfirmed")
         self._event(doc.time, "warning" if warn else "info", doc.what, doc.message)

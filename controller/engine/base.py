@@ -29,6 +29,7 @@ from wire.errors import Aborted, AcquisitionError
 from wire.stim import FixationSpot, TrialEvent
 
 if TYPE_CHECKING:
+    from controller.engine.behavior import BehaviorTracker
     from controller.engine.modelsteps import Generated, ModelLink
 
 log = logging.getLogger(__name__)
@@ -53,6 +54,10 @@ class EngineConfig:
     #: (None: every trial counts, as with an anaesthetised animal or a virtual rig without gaze)
     behavior: FixationRule | None = None
     fixation_spot: FixationSpot | None = None
+    #: awake animals: the "not working" warning (an ``animal_idle`` event) after this long without a
+    #: completed sequence during a block, and whether it also pauses the session
+    idle_warn_s: float = 30.0
+    idle_pause: bool = False
 
 
 @dataclass
@@ -119,6 +124,13 @@ class EngineBase:
     _segments: dict[str, list[TrialRecord]]
     #: invalid showings already recorded: (segment id, spec index, onset)
     _invalid_seen: set[tuple[str, int, float]]
+    #: awake animals: the running behaviour counters (the ``behavior`` status)
+    behavior: BehaviorTracker
+    #: manual rewards already recorded: (onset, duration), and a flag set at each one recorded
+    _manual_seen: set[tuple[float, float]]
+    _manual_recorded: asyncio.Event
+    #: loop time of the last completed sequence (the idle warning's reference; None: none yet)
+    _last_completed: float | None
     _recorded_steps: list[StepDoc]
     _step_index: int
     _counts_changed: asyncio.Event

@@ -3,7 +3,9 @@
 A block's image sets are resolved to images (ids given, drawn from the controller's image
 library, or made by the modelserver, with the set's fallback when that is slow or down), the
 trials are ordered and recorded, the images are loaded into the stimserver and the block is
-presented. Each trial event marks a trial shown and opens its counting window. A stimserver
+presented. Each trial event marks a trial shown and opens its counting window; with an awake
+animal, every event (trials, rewards, the trial state machine's transitions) also updates the
+behaviour counters (``controller.engine.behavior``) sent to listeners as ``behavior``. A stimserver
 that stops answering mid-block pauses the session until it answers again; then the trials that
 have no counts yet are shown again. A replay shows each block as recorded.
 """
@@ -22,6 +24,7 @@ from controller.engine.counts import CountsMixin
 from controller.engine.modelsteps import Generated
 from controller.state import BLOCK_TRANSITIONS, BlockState, SessionState, StateMachine
 from protocols.steps import BlockResult, GenerateImages, ImageSet, PresentBlock
+from wire.behavior import BehaviorEvent, RewardEvent
 from wire.documents import BlockDoc, ImageDoc, PickDoc, RewardDoc, TrialDoc
 from wire.errors import CortexloopError, ProtocolError, RequestTimeout, ServerUnavailable
 from wire.stim import BlockResult as StimBlockResult
@@ -275,10 +278,25 @@ class BlocksMixin(CountsMixin):
         block.state.to(BlockState.PRESENTING)
         self.session.to(SessionState.RUNNING)
 
-    # -- trial events ----------------------------------------------------------------------------------
-    async def _pump_trials(self) -> None:
+    # -- the stimserver's events -----------------------------------------------------------------------
+    async def _pump_events(self) -> None:
+        """Trial events; rewards and transitions (awake animals) count, and manual rewards are recorded."""
         async for ev in self.stim.events():
-            self._on_trial(ev)
+            if isinstance(ev, TrialEvent):
+                self._on_trial(ev)
+            elif isinstance(ev, RewardEvent) and ev.manual:
+                self._on_manual_reward(ev)
+            if self.behavior.update(ev, self._block_of(ev.block_id)):
+                if isinstance(ev, BehaviorEvent) and ev.what == "completed":
+                    self._last_completed = asyncio.get_running_loop().time()
+                self._status("behavior", self.behavior.payload())
+
+    def _block_of(self, segment: str | None) -> str | None:
+        """The block a segment id (``<block id>~<attempt>``, as events carry it) belongs to."""
+        if segment is None:
+            return None
+        recs = self._segments.get(segment)
+        return recs[0].block_id if recs else segment.rsplit("~", 1)[0]
 
     def _on_trial(self, ev: TrialEvent) -> None:
         seg = self._segments.get(ev.block_id)
@@ -332,7 +350,8 @@ class BlocksMixin(CountsMixin):
     def _record_behavior(self, block: BlockRecord, todo: list[TrialRecord], reply: StimBlockResult) -> None:
         """Rewards, images given up on and the block's behaviour, from the stimserver's reply."""
         self.store.write_many([RewardDoc(block_id=block.block_id, onset=r.time, duration_s=r.duration_s,
-                                         manual=r.manual, line=r.line) for r in reply.rewards])
+                                         manual=r.manual, line=r.line) for r in reply.rewards
+                               if not r.manual])  # manual rewards are recorded from their event
         gave_up = [todo[i] for i in dict.fromkeys(reply.missing) if i < len(todo)]
         for rec in gave_up:
             rec.missing = True
@@ -345,3 +364,13 @@ class BlocksMixin(CountsMixin):
                     f"{len(reply.rewards)} rewards", block_id=block.block_id, sequences=reply.sequences,
                     completed=reply.completed_sequences, invalid=len(reply.invalid), no_fixation=reply.no_fixation,
                     rewards=len(reply.rewards), missing=len(gave_up), status=str(reply.status))
+
+    def _on_manual_reward(self, ev: RewardEvent) -> None:
+        """A manual reward the stimserver gave (the operator's): a ``reward`` document, once."""
+        key = (ev.time, ev.duration_s)
+        if key in self._manual_seen:
+            return
+        self._manual_seen.add(key)
+        self.store.write(RewardDoc(block_id=self._block_of(ev.block_id), onset=ev.time, duration_s=ev.duration_s,
+                                   manual=True, line=ev.line))
+        self._manual_recorded.set()

@@ -14,9 +14,16 @@ counts with a clear error, and nothing is recorded as zero. A controller killed 
 resumed by :meth:`Engine.resume_from`: recorded steps are answered from their ``step``
 documents, and the interrupted block continues at its first trial without counts.
 
+Awake animals: the stimserver's reward and behaviour events keep running counters
+(``behavior``), sent to listeners as the ``behavior`` status; when no sequence completes for
+``idle_warn_s`` while a block is shown, an ``animal_idle`` event warns the operator (and, with
+``idle_pause``, pauses the session as an operator's pause would). :meth:`Engine.give_reward` is
+the operator's manual reward.
+
 This module holds the :class:`Engine` itself (construction, listeners, the run and its step
 dispatch, operator commands, resume); its jobs are in ``blocks`` (presenting blocks),
-``counts`` (spike counts) and ``modelsteps`` (the modelserver's steps).
+``counts`` (spike counts), ``modelsteps`` (the modelserver's steps) and ``behavior`` (the
+behaviour counters).
 """
 
 from __future__ import annotations
@@ -40,6 +47,7 @@ from controller.engine.base import (
     StatusListener,
     TrialRecord,
 )
+from controller.engine.behavior import BehaviorTracker
 from controller.engine.blocks import BlocksMixin
 from controller.engine.modelsteps import ModelLink, ModelStepsMixin, NoModelServer
 from controller.images import ImageLibrary
@@ -66,6 +74,9 @@ from wire.documents import BlockDoc, ImageDoc, ResponseDoc, StartDoc, StepDoc, S
 from wire.errors import Aborted, CortexloopError, ProtocolError
 
 log = logging.getLogger(__name__)
+
+#: seconds a manual reward waits for the stimserver's reward event (published before its answer)
+REWARD_EVENT_WAIT_S = 2.0
 
 
 class Engine(BlocksMixin, ModelStepsMixin):
@@ -98,6 +109,12 @@ class Engine(BlocksMixin, ModelStepsMixin):
         self.requests = {}
         self._segments = {}
         self._invalid_seen = set()
+        spot = config.fixation_spot
+        self.behavior = BehaviorTracker(window_deg=config.behavior.window_deg if config.behavior else None,
+                                        centre=spot.position_deg if spot is not None else (0.0, 0.0))
+        self._manual_seen = set()
+        self._manual_recorded = asyncio.Event()
+        self._last_completed = None
         self._recorded_steps = []
         self._step_index = 0
         self._counts_changed = asyncio.Event()
@@ -201,6 +218,73 @@ class Engine(BlocksMixin, ModelStepsMixin):
         self._counts_changed.set()
         await self.stim.abort()
 
+    async def give_reward(self, duration_ms: float | None = None, *, operator: str = "operator",
+                          command_id: str | None = None, reason: str = "") -> None:
+        """A manual reward: one pulse of the stimserver's reward line (``duration_ms``, by default the
+        reward schedule's base length), recorded as an ``operator`` event naming ``operator`` and, from
+        the stimserver's reward event, a manual ``reward`` document. A stimserver without a reward line
+        refuses it: the event says so and the error is raised."""
+        rule = self.config.behavior
+        if duration_ms is None and rule is not None:
+            duration_ms = rule.reward.duration_ms
+        length = f"{duration_ms:g} ms" if duration_ms is not None else "the stimserver's default length"
+        details = {"command": "reward", "issued_by": operator, "command_id": command_id,
+                   "duration_ms": duration_ms, "reason": reason}
+        self._manual_recorded.clear()
+        try:
+            await self.stim.give_reward(duration_ms, operator)
+        except CortexloopError as exc:
+            self._event("operator", f"manual reward by {operator} failed: {exc}", ok=False, **details)
+            raise
+        self._event("operator", f"manual reward of {length} by {operator}", ok=True, **details)
+        try:
+            async with asyncio.timeout(REWARD_EVENT_WAIT_S):  # published before the stimserver answered
+                await self._manual_recorded.wait()
+        except TimeoutError:
+            self._event("reward_unconfirmed", f"the stimserver gave the reward by {operator} but its reward "
+                        f"event did not arrive within {REWARD_EVENT_WAIT_S:g} s; its reward document is "
+                        "written when it does", **details)
+
+    def _presenting(self) -> BlockRecord | None:
+        return next((b for b in self.blocks.values() if b.state.state is BlockState.PRESENTING), None)
+
+    async def _watch_idle(self) -> None:
+        """Awake animals: an ``animal_idle`` event (and the ``behavior`` status's warning) when no sequence
+        has completed for ``idle_warn_s`` while a block is shown; with ``idle_pause`` the session pauses
+        too. The time counts from the block's start (or the resume) or the last completed sequence."""
+        loop = asyncio.get_running_loop()
+        limit = self.config.idle_warn_s
+        since: float | None = None  # when this stretch of showing a block began
+        shown: str | None = None  # the block it shows
+        warned = False
+        while True:
+            await asyncio.sleep(min(1.0, limit / 4))
+            block = self._presenting()
+            now = loop.time()
+            if block is None or self.session.state is not SessionState.RUNNING or block.block_id != shown:
+                since, warned, shown = None, False, None
+            if block is None or self.session.state is not SessionState.RUNNING:
+                continue
+            if since is None:
+                since, shown = now, block.block_id
+                if self.behavior.clear_idle():  # showing again after the pause (or the next block)
+                    self._status("behavior", self.behavior.payload())
+            idle = now - max(since, self._last_completed or since)
+            if idle < limit:
+                warned = False
+                continue
+            if warned:
+                continue
+            warned = True
+            msg = (f"the animal is not working: no sequence completed for {idle:.0f} s during block "
+                   f"{block.block_id}" + (" (session paused)" if self.config.idle_pause else ""))
+            self.behavior.set_idle(round(idle, 1), msg)
+            self._event("animal_idle", msg, block_id=block.block_id, idle_s=round(idle, 1),
+                        pause=self.config.idle_pause)
+            self._status("behavior", self.behavior.payload())
+            if self.config.idle_pause:
+                await self.pause(f"animal idle: no sequence completed for {idle:.0f} s")
+
     async def _wait_for_operator(self, step: PauseForOperator) -> OperatorResult:
         self._operator = asyncio.get_running_loop().create_future()
         self._status("operator", {"message": step.message})
@@ -228,8 +312,15 @@ class Engine(BlocksMixin, ModelStepsMixin):
             self._event("resumed_session", "controller restarted; resuming from the session file")
         self.session.to(SessionState.RUNNING)
         await self.source.open()
-        pumps = [asyncio.create_task(self._pump_trials(), name="trial-events"),
+        if self.source.stream_records:  # which rig's data this is: source ids and hosts of the streams read
+            self._event("acquisition_streams", ", ".join(f"{role}: {d.get('name')} from {d.get('hostname')} "
+                                                         f"(source_id {d.get('source_id')})"
+                                                         for role, d in self.source.stream_records.items()),
+                        streams=self.source.stream_records)
+        pumps = [asyncio.create_task(self._pump_events(), name="stim-events"),
                  asyncio.create_task(self._pump_acquisition(), name="acquisition")]
+        if self.config.behavior is not None:
+            pumps.append(asyncio.create_task(self._watch_idle(), name="idle-watch"))
         status, reason = "success", ""
         try:
             await adrive(plan, self._execute)

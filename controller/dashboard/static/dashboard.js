@@ -17,6 +17,24 @@
     return node;
   }
 
+  const share = (c) => (c.share_completed === null || c.share_completed === undefined ? "-"
+    : `${Math.round(100 * c.share_completed)}% (${c.completed} of ${c.started})`);
+
+  // the last gaze sample in the fixation window (degrees, y up: the SVG's y is flipped)
+  function drawGaze(b) {
+    const r = b.window_deg || 2, [cx, cy] = b.centre || [0, 0], half = 1.5 * r;
+    const svg = $("gaze-view"), ring = $("gaze-window"), dot = $("gaze-dot");
+    svg.setAttribute("viewBox", `${cx - half} ${-cy - half} ${2 * half} ${2 * half}`);
+    ring.setAttribute("cx", cx); ring.setAttribute("cy", -cy); ring.setAttribute("r", r);
+    dot.setAttribute("r", half / 20);
+    if (!b.gaze) { dot.setAttribute("visibility", "hidden"); return; }
+    const [x, y] = b.gaze, inside = Math.hypot(x - cx, y - cy) <= r;
+    const clampTo = (v, c) => Math.max(c - half, Math.min(c + half, v));  // a far gaze sits on the edge
+    dot.setAttribute("cx", clampTo(x, cx)); dot.setAttribute("cy", -clampTo(y, cy));
+    dot.setAttribute("visibility", "visible");
+    dot.setAttribute("class", inside ? "inside" : "outside");
+  }
+
   const render = {
     session(s) {
       text("rig", s.rig || "");
@@ -118,6 +136,25 @@
         }));
       }
     },
+    behavior(b) {
+      $("behavior-panel").hidden = !b.active;
+      if (!b.active) return;
+      const k = b.block, s = b.session;
+      text("behavior-block", b.block_id || "-");
+      text("behavior-share", share(k));
+      text("behavior-rewards", `${k.rewards}${k.manual_rewards ? ` (${k.manual_rewards} manual)` : ""}`);
+      text("behavior-breaks", String(k.breaks));
+      text("behavior-nofix", String(k.no_fixation));
+      text("behavior-invalid", String(k.invalid));
+      text("behavior-session", `session: ${share(s)} sequences completed, ${s.rewards} rewards, ${s.breaks} breaks, ` +
+        `${s.invalid} invalid trials`);
+      text("behavior-gaze", b.gaze ? `gaze (${fmt(b.gaze[0], 2)}, ${fmt(b.gaze[1], 2)}) deg at ${b.last || "?"}, ${clock(b.gaze_wall)}`
+        : (b.last ? `no eye at ${b.last}, ${clock(b.gaze_wall)}` : "no gaze yet"));
+      const warn = $("behavior-warning");
+      warn.hidden = !b.idle;
+      warn.textContent = b.idle ? b.warning : "";
+      drawGaze(b);
+    },
     analyses(list) {
       if (!list.length) return;
       $("analyses").replaceChildren(...list.map((a) => el("div", { className: "analysis" },
@@ -140,7 +177,13 @@
     button.addEventListener("click", async () => {
       const kind = button.dataset.command;
       if (kind === "abort" && !window.confirm("Abort the session?")) return;
-      const reply = await fetch(`/api/command/${kind}`, { method: "POST", headers: { "X-Cortexloop-Token": token ? token.content : "" } });
+      const init = { method: "POST", headers: { "X-Cortexloop-Token": token ? token.content : "" } };
+      const ms = kind === "reward" && $("reward-ms") ? $("reward-ms").value.trim() : "";
+      if (ms) {
+        init.headers["Content-Type"] = "application/json";
+        init.body = JSON.stringify({ duration_ms: Number(ms) });
+      }
+      const reply = await fetch(`/api/command/${kind}`, init);
       const body = await reply.json().catch(() => ({}));
       text("command-note", reply.ok ? `${kind} sent` : `${kind} refused: ${body.error || reply.status}`);
     });
