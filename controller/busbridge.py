@@ -139,6 +139,8 @@ class BusBridge:
 
     async def _obey(self, cmd: Command) -> None:
         reason = cmd.reason or f"MQTT {cmd.kind} by {cmd.issued_by or 'operator'}"
+        if cmd.issued_by and cmd.issued_by not in reason:  # the session records who sent every command
+            reason = f"{reason} (by {cmd.issued_by})"
         self._on_status("event", {"what": "operator", "message": f"{cmd.kind} accepted ({cmd.command_id})"})
         if isinstance(cmd, PauseCommand):
             await self.engine.pause(reason)

@@ -1,27 +1,32 @@
 """The dashboard's web app (Starlette): the page, its data as server-sent events, images, commands.
 
-Routes: ``GET /`` the page (pause/resume/abort buttons only when the dashboard holds operator
-credentials), ``GET /static/<file>`` its script and style, ``GET /api/state`` every section as
-JSON, ``GET /api/events`` the sections as they change (``text/event-stream``: one ``data:`` line of
-JSON per update, holding only the sections that changed), ``GET /api/image/<id>.png`` an image of
-the session file by its id (a strict pattern; never a path), ``POST /api/command/<pause|resume|abort|reward>``
-(403 without operator credentials or without the page's token in ``X-Cortexloop-Token``; a reward's body may
-be ``{"duration_ms": N}``).
+Routes: ``GET /`` the page (with operator credentials: a login form, then pause/resume/abort/reward
+buttons), ``GET /static/<file>`` its script and style, ``GET /api/state`` every section as JSON,
+``GET /api/events`` the sections as they change (``text/event-stream``: one ``data:`` line of JSON per
+update, holding only the sections that changed), ``GET /api/image/<id>.png`` an image of the session
+file by its id (a strict pattern; never a path), ``POST /api/login`` (``{"name", "password"}``: the
+operator's bus password), ``POST /api/logout``, ``GET /api/whoami``, and
+``POST /api/command/<pause|resume|abort|reward>`` (401 without a login; a reward's body may be
+``{"duration_ms": N}``).
 
-A page from another site cannot send commands: it cannot read the token (same-origin policy), and
-a request for another host name (DNS rebinding) is refused by the host check.
+Who may command: only a person who logs in with the operator's password (the ``password`` of
+``OUT/bus-operator.json``, which only the operator's account can read). The page carries no secret:
+loading it gives nothing to command with. A login sets an HttpOnly, SameSite=Strict cookie naming a
+random server-side session, so a page from another site can neither read nor send it; a request for
+another host name (DNS rebinding) is refused by the host check. Each command names the person who
+logged in (``issued_by``), so the session file records who paused, resumed, aborted or rewarded.
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
-import html
+import hmac
 import json
 import logging
 import math
 import secrets
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
 from importlib import resources
 from typing import Any
 
@@ -45,7 +50,16 @@ log = logging.getLogger(__name__)
 STATIC = {"dashboard.js": "text/javascript", "dashboard.css": "text/css"}
 #: seconds between updates of the clock-driven parts (time since the last trial, ETA) when nothing else changes
 TICK = 1.0
-CONTROLS = """<div id="controls" class="controls">
+CONTROLS = """<form id="login" class="login">
+  <input id="login-name" maxlength="64" placeholder="your name" autocomplete="username" required>
+  <input id="login-password" type="password" maxlength="256" placeholder="operator password"
+         autocomplete="current-password" required>
+  <button id="btn-login" type="submit">Log in</button>
+  <span id="login-note"></span>
+</form>
+<div id="controls" class="controls" hidden>
+  <span id="operator-name"></span>
+  <button id="btn-logout" type="button">Log out</button>
   <button id="btn-pause" data-command="pause">Pause</button>
   <button id="btn-resume" data-command="resume">Resume</button>
   <button id="btn-abort" data-command="abort" class="danger">Abort</button>
@@ -104,15 +118,75 @@ def _not_json(name: str) -> Any:
     raise ValueError(f"{name} is not JSON")
 
 
+#: cookie of a logged-in operator (a random id of a server-side session); most sessions kept at once
+COOKIE = "cortexloop_operator"
+MAX_LOGINS = 64
+#: a wrong password is answered after this long (slows guessing)
+LOGIN_DELAY_S = 1.0
+
+
+async def _login_fields(request: Request) -> tuple[str, str]:
+    """(name, password) of a login request, or ValueError saying what is wrong."""
+    try:
+        body = json.loads(await request.body() or b"null")
+    except (ValueError, UnicodeDecodeError) as exc:
+        raise ValueError("the body must be JSON: {\"name\": ..., \"password\": ...}") from exc
+    if not isinstance(body, dict) or not isinstance(body.get("name"), str) or not isinstance(body.get("password"), str):
+        raise ValueError("give name and password as strings")
+    name = " ".join(body["name"].split())
+    if not 1 <= len(name) <= 64 or not name.isprintable():
+        raise ValueError("name: 1 to 64 printable characters")
+    if len(body["password"]) > 256:
+        raise ValueError("password: at most 256 characters")
+    return name, body["password"]
+
+
 def create_app(state: DashboardState, *, bus: BusFollower | None = None, file: FileFollower | None = None,
-               allowed_hosts: list[str] | None = None, token: str | None = None) -> Starlette:
-    """The app serving ``state``. ``bus`` sends the commands (only when ``state`` has controls)."""
-    token = token or secrets.token_urlsafe(24)
+               allowed_hosts: list[str] | None = None,
+               password: Callable[[], str | None] | None = None) -> Starlette:
+    """The app serving ``state``. ``bus`` sends the commands (only when ``state`` has controls) for a
+    person logged in with ``password()`` (default: the bus login's password)."""
     controls = bool(state.session["controls"]) and bus is not None
     state.session["controls"] = controls
-    page = _static("index.html").replace("<!--CONTROLS-->", CONTROLS if controls else "").replace(
-        "<!--TOKEN-->", f'<meta name="cortexloop-token" content="{html.escape(token)}">' if controls else "")
+    operator_password = password or (lambda: bus.password if bus is not None else None)
+    page = _static("index.html").replace("<!--CONTROLS-->", CONTROLS if controls else "")
     closing = asyncio.Event()
+    logins: dict[str, str] = {}  # session id -> the name given at login
+
+    def who(request: Request) -> str | None:
+        return logins.get(request.cookies.get(COOKIE, ""))
+
+    async def login(request: Request) -> Response:
+        if not controls:
+            return JSONResponse({"error": "this dashboard has no operator credentials"}, 403)
+        try:
+            name, given = await _login_fields(request)
+        except ValueError as exc:
+            return JSONResponse({"error": str(exc)}, 400)
+        expected = operator_password()
+        if not expected:
+            return JSONResponse({"error": "the dashboard has not read the operator's credentials yet"}, 503)
+        if not hmac.compare_digest(given.encode(), expected.encode()):
+            await asyncio.sleep(LOGIN_DELAY_S)
+            log.warning("dashboard: a login as %r with a wrong password", name)
+            return JSONResponse({"error": "wrong password"}, 403)
+        sid = secrets.token_urlsafe(32)
+        logins[sid] = name
+        while len(logins) > MAX_LOGINS:
+            logins.pop(next(iter(logins)))
+        log.info("dashboard: %s logged in", name)
+        reply = JSONResponse({"operator": name})
+        reply.set_cookie(COOKIE, sid, httponly=True, samesite="strict", path="/")
+        return reply
+
+    async def logout(request: Request) -> Response:
+        logins.pop(request.cookies.get(COOKIE, ""), None)
+        reply = JSONResponse({"operator": None})
+        reply.delete_cookie(COOKIE, path="/")
+        return reply
+
+    async def whoami(request: Request) -> Response:
+        return JSONResponse({"operator": who(request), "controls": controls}, headers={"Cache-Control": "no-store"})
 
     async def index(request: Request) -> Response:
         return HTMLResponse(page, headers={"Cache-Control": "no-store"})
@@ -157,8 +231,9 @@ def create_app(state: DashboardState, *, bus: BusFollower | None = None, file: F
         kind = request.path_params["kind"]
         if not controls or bus is None:
             return JSONResponse({"error": "this dashboard has no operator credentials"}, 403)
-        if not secrets.compare_digest(request.headers.get("x-cortexloop-token", ""), token):
-            return JSONResponse({"error": "missing or wrong X-Cortexloop-Token"}, 403)
+        operator = who(request)
+        if operator is None:
+            return JSONResponse({"error": "log in with the operator's password first"}, 401)
         if kind not in COMMAND_NAMES:
             return JSONResponse({"error": f"unknown command {kind[:40]!r}"}, 404)
         fields: dict[str, Any] = {}
@@ -168,10 +243,10 @@ def create_app(state: DashboardState, *, bus: BusFollower | None = None, file: F
             except ValueError as exc:
                 return JSONResponse({"error": str(exc)}, 400)
         try:
-            command_id = await bus.send(kind, f"{kind} from the dashboard", **fields)
+            command_id = await bus.send(kind, f"{kind} from the dashboard", operator=operator, **fields)
         except BusError as exc:
             return JSONResponse({"error": str(exc)}, 503)
-        log.info("dashboard: %s sent (%s)", kind, command_id)
+        log.info("dashboard: %s sent by %s (%s)", kind, operator, command_id)
         return JSONResponse({"sent": kind, "command_id": command_id})
 
     @contextlib.asynccontextmanager
@@ -187,9 +262,12 @@ def create_app(state: DashboardState, *, bus: BusFollower | None = None, file: F
         Route("/api/events", events),
         Route("/api/image/{image_id}.png", image),
         Route("/api/command/{kind}", command, methods=["POST"]),
+        Route("/api/login", login, methods=["POST"]),
+        Route("/api/logout", logout, methods=["POST"]),
+        Route("/api/whoami", whoami),
     ], middleware=[Middleware(TrustedHostMiddleware, allowed_hosts=hosts)],
         lifespan=lifespan)
-    app.state.token = token
+    app.state.logins = logins
     app.state.closing = closing
     return app
 

@@ -79,6 +79,8 @@ class BusFollower:
         self.retry = retry
         self._op: MqttOperator | None = None
         self._user: str | None = None
+        #: the operator's bus password (from the login): the dashboard's own login checks it
+        self.password: str | None = None
 
     async def run(self) -> None:
         """Follow until cancelled; after a refused or lost connection, try again (waiting 0.5 s,
@@ -90,6 +92,8 @@ class BusFollower:
             except (OSError, ValueError, BusError) as exc:
                 log.debug("no bus login yet: %s", exc)
                 login = None
+            if login is not None:
+                self.password = login.password
             if login is not None and await self._follow(login):
                 delay = self.retry
             await asyncio.sleep(delay)
@@ -123,13 +127,15 @@ class BusFollower:
     def connected(self) -> bool:
         return self._op is not None
 
-    async def send(self, kind: str, reason: str = "", **fields: Any) -> str:
+    async def send(self, kind: str, reason: str = "", *, operator: str | None = None, **fields: Any) -> str:
         """Send ``pause``, ``resume``, ``abort`` or ``reward`` (``fields``: the command's own, e.g. a
-        reward's ``duration_ms``); returns its command id (BusError when not connected)."""
+        reward's ``duration_ms``) in the name of ``operator`` (who logged in to the page); returns its
+        command id (BusError when not connected)."""
         op = self._op
         if op is None:
             raise BusError("not connected to the bus")
-        cmd = COMMAND_CLASSES[kind](reason=reason or f"{kind} from the dashboard", issued_by=self._user, **fields)
+        who = f"{operator} (dashboard, bus user {self._user})" if operator else self._user
+        cmd = COMMAND_CLASSES[kind](reason=reason or f"{kind} from the dashboard", issued_by=who, **fields)
         await op.send(cmd)
         return cmd.command_id
 

@@ -145,36 +145,59 @@ async def test_image_ids_are_checked_against_a_strict_pattern(
 class RecordingBus(BusFollower):
     """A bus follower whose commands are recorded instead of published (the browser test sends real ones)."""
 
-    def __init__(self, state: DashboardState) -> None:
+    def __init__(self, state: DashboardState, password: str | None = "op-secret") -> None:
         super().__init__(state, lambda: None)
-        self.sent: list[str] = []
+        self.password = password
+        self.sent: list[tuple[str, str | None]] = []
 
-    async def send(self, kind: str, reason: str = "") -> str:
-        self.sent.append(kind)
+    async def send(self, kind: str, reason: str = "", *, operator: str | None = None, **fields: object) -> str:
+        self.sent.append((kind, operator))
         return f"id-{len(self.sent)}"
 
 
-def test_an_operator_gets_buttons_and_commands_need_the_page_token() -> None:
+def test_commands_need_a_login_with_the_operators_password_not_the_page() -> None:
+    """Loading the page gives nothing to command with (it used to carry the command token, so any local
+    account that could reach the port could pause or abort); a login with the operator's password sets
+    an HttpOnly, SameSite=Strict cookie, and each command names who logged in."""
     state = DashboardState(controls=True)
     bus = RecordingBus(state)
-    app = create_app(state, bus=bus, token="tok-123")
-    with client(app) as c:
+    with client(create_app(state, bus=bus)) as c:
         page = c.get("/").text
-        without = c.post("/api/command/pause")
-        wrong = c.post("/api/command/pause", headers={"X-Cortexloop-Token": "tok-999"})
-        ok = c.post("/api/command/pause", headers={"X-Cortexloop-Token": "tok-123"})
-        unknown = c.post("/api/command/explode", headers={"X-Cortexloop-Token": "tok-123"})
+        before = c.post("/api/command/pause")
+        wrong = c.post("/api/login", json={"name": "mallory", "password": "guess"})
+        bad = [c.post("/api/login", content=body).status_code
+               for body in (b"", b"{", b"[]", b'{"name": 1, "password": "x"}', b'{"name": "", "password": "x"}',
+                            '{"name": "\u00e9\u0000", "password": "\u00ff"}'.encode())]
+        weird_cookie = c.post("/api/command/pause", headers={"Cookie": 'cortexloop_operator=%00%ff"; x=' + "y" * 5000})
+        ok = c.post("/api/login", json={"name": "Ada  Lovelace", "password": "op-secret"})
+        cookie = ok.headers["set-cookie"].lower()
+        sent = c.post("/api/command/pause")
+        unknown = c.post("/api/command/explode")
         get = c.get("/api/command/pause")
-    assert 'id="btn-pause"' in page and 'id="btn-resume"' in page and 'id="btn-abort"' in page
-    assert 'content="tok-123"' in page
-    assert (without.status_code, wrong.status_code, unknown.status_code, get.status_code) == (403, 403, 404, 405)
-    assert ok.status_code == 200 and ok.json() == {"sent": "pause", "command_id": "id-1"}
-    assert bus.sent == ["pause"]
-    # read-only: operator credentials, no buttons
+        me = c.get("/api/whoami").json()
+        c.post("/api/logout")
+        after = c.post("/api/command/resume")
+    assert 'id="btn-pause"' in page and 'id="login-password"' in page
+    assert "token" not in page.lower() and "op-secret" not in page  # no secret in what any client can load
+    assert (before.status_code, wrong.status_code, weird_cookie.status_code) == (401, 403, 401)
+    assert all(400 <= code < 500 for code in bad), bad
+    assert ok.status_code == 200 and ok.json() == {"operator": "Ada Lovelace"}
+    assert "httponly" in cookie and "samesite=strict" in cookie
+    assert sent.status_code == 200 and sent.json() == {"sent": "pause", "command_id": "id-1"}
+    assert (unknown.status_code, get.status_code, after.status_code) == (404, 405, 401)
+    assert me == {"operator": "Ada Lovelace", "controls": True}
+    assert bus.sent == [("pause", "Ada Lovelace")]  # who sent it goes with the command
+    # read-only: operator credentials, no buttons, no login
     viewer = DashboardState(controls=False)
-    with client(create_app(viewer, bus=RecordingBus(viewer), token="tok-123")) as c:
+    with client(create_app(viewer, bus=RecordingBus(viewer))) as c:
         assert "data-command" not in c.get("/").text
-        assert c.post("/api/command/pause", headers={"X-Cortexloop-Token": "tok-123"}).status_code == 403
+        assert c.post("/api/login", json={"name": "x", "password": "op-secret"}).status_code == 403
+        assert c.post("/api/command/pause").status_code == 403
+    # before the dashboard has read the credentials, nobody can log in
+    early = DashboardState(controls=True)
+    with client(create_app(early, bus=RecordingBus(early, password=None))) as c:
+        assert c.post("/api/login", json={"name": "x", "password": ""}).status_code in (400, 503)
+        assert c.post("/api/login", json={"name": "x", "password": "anything"}).status_code == 503
 
 
 def test_bus_messages_update_only_their_sections_and_quiet_trials_warn() -> None:

@@ -1,7 +1,7 @@
 """The dashboard's behaviour panel in a real headless chromium: after a ``behavior`` status arrives it shows
 the block's share of completed sequences, rewards, breaks and invalid trials, the last gaze sample as a
 dot in the fixation window, and the "not working" warning; its reward button sends the reward command
-like the other buttons (the page's token, operator credentials only)."""
+like the other buttons (after a login with the operator's password)."""
 
 from __future__ import annotations
 
@@ -29,9 +29,11 @@ class RecordingBus(BusFollower):
 
     def __init__(self, state: DashboardState) -> None:
         super().__init__(state, lambda: None)
+        self.password = "op-secret"
         self.sent: list[tuple[str, dict[str, Any]]] = []
 
-    async def send(self, kind: str, reason: str = "", **fields: Any) -> str:
+    async def send(self, kind: str, reason: str = "", *, operator: str | None = None, **fields: Any) -> str:
+        assert operator == "tester", "a command names who logged in"
         self.sent.append((kind, fields))
         return f"id-{len(self.sent)}"
 
@@ -88,7 +90,7 @@ async def test_the_panel_shows_counters_gaze_and_warning_and_its_button_rewards(
 
     state = DashboardState(controls=True)
     bus = RecordingBus(state)
-    async with serving(create_app(state, bus=bus, token="tok-7")) as url:
+    async with serving(create_app(state, bus=bus)) as url:
         driver = await asyncio.to_thread(chromium, tmp_path / "profile")
         try:
             find = lambda el_id: driver.find_element(By.ID, el_id)  # noqa: E731
@@ -128,7 +130,11 @@ async def test_the_panel_shows_counters_gaze_and_warning_and_its_button_rewards(
             await until("the dot hidden", lambda: attr("gaze-dot", "visibility") == "hidden")
             assert not await asyncio.to_thread(lambda: find("behavior-warning").is_displayed())
 
-            # the reward button, with a length, sends the reward command
+            # log in as the operator, then the reward button, with a length, sends the reward command
+            await asyncio.to_thread(lambda: find("login-name").send_keys("tester"))
+            await asyncio.to_thread(lambda: find("login-password").send_keys("op-secret"))
+            await asyncio.to_thread(lambda: find("btn-login").click())
+            await until("the controls after the login", lambda: find("btn-reward").is_displayed())
             await asyncio.to_thread(lambda: find("reward-ms").send_keys("150"))
             await asyncio.to_thread(lambda: find("btn-reward").click())
             await until("the reward sent", lambda: text("command-note") == "reward sent")
@@ -140,26 +146,27 @@ async def test_the_panel_shows_counters_gaze_and_warning_and_its_button_rewards(
     assert bus.sent == [("reward", {"duration_ms": 150.0}), ("reward", {})]
 
 
-def test_reward_commands_need_operator_credentials_the_token_and_a_valid_length() -> None:
+def test_reward_commands_need_an_operator_login_and_a_valid_length() -> None:
     state = DashboardState(controls=True)
     bus = RecordingBus(state)
-    with TestClient(create_app(state, bus=bus, token="tok-1"), base_url="http://127.0.0.1") as c:
+    with TestClient(create_app(state, bus=bus), base_url="http://127.0.0.1") as c:
         page = c.get("/").text
-        h = {"X-Cortexloop-Token": "tok-1"}
+        h: dict[str, str] = {}
         no_token = c.post("/api/command/reward")
+        assert c.post("/api/login", json={"name": "tester", "password": "op-secret"}).status_code == 200
         bad = [c.post("/api/command/reward", headers=h, content=body).status_code
                for body in (b'{"duration_ms": 0}', b'{"duration_ms": 9000}', b'{"duration_ms": "x"}',
                             b'{"duration_ms": true}', b'{"volume": 3}', b"[1]", b"{nope", b'{"duration_ms": NaN}')]
         ok = c.post("/api/command/reward", headers=h, json={"duration_ms": 80})
         plain = c.post("/api/command/reward", headers=h)
     assert 'id="btn-reward"' in page and 'data-command="reward"' in page and 'id="behavior-panel"' in page
-    assert no_token.status_code == 403 and bad == [400] * 8
+    assert no_token.status_code == 401 and bad == [400] * 8
     assert ok.status_code == 200 and ok.json()["sent"] == "reward" and plain.status_code == 200
     assert bus.sent == [("reward", {"duration_ms": 80.0}), ("reward", {})]
     viewer = DashboardState(controls=False)
-    with TestClient(create_app(viewer, bus=RecordingBus(viewer), token="tok-1"), base_url="http://127.0.0.1") as c:
+    with TestClient(create_app(viewer, bus=RecordingBus(viewer)), base_url="http://127.0.0.1") as c:
         assert 'id="btn-reward"' not in c.get("/").text
-        assert c.post("/api/command/reward", headers={"X-Cortexloop-Token": "tok-1"}).status_code == 403
+        assert c.post("/api/command/reward").status_code == 403
 
 
 def test_behaviour_status_updates_only_its_section() -> None:

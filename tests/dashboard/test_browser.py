@@ -48,6 +48,11 @@ def events_in(path: Path) -> list[str]:
         return [d.what for d in r.documents() if isinstance(d, EventDoc)]
 
 
+def event_messages(path: Path, what: str) -> list[str]:
+    with SessionReader(path) as r:
+        return [d.message for d in r.documents() if isinstance(d, EventDoc) and d.what == what]
+
+
 def bus_state(creds: Path) -> str:
     """The rig's retained status on the bus, read by a separate operator client."""
     from controller.bus.mqtt import MqttOperator
@@ -91,10 +96,17 @@ def test_the_page_follows_a_live_session_and_its_buttons_pause_and_resume(tmp_pa
         # pause while a block is being shown (a pause that lands while the engine prepares the next
         # block is not passed on to the stimserver: see the report of issue 19)
         wait("a block under way", lambda: mid_block(text("block-name"), text("block-progress")), 60, session)
+        # the buttons need a login with the operator's password (OUT/bus-operator.json, mode 600)
+        assert not driver.find_element(By.ID, "btn-pause").is_displayed()
+        driver.find_element(By.ID, "login-name").send_keys("e2e operator")
+        driver.find_element(By.ID, "login-password").send_keys(BusLogin.from_file(out / "bus-operator.json").password)
+        driver.find_element(By.ID, "btn-login").click()
+        wait("the buttons after the login", lambda: driver.find_element(By.ID, "btn-pause").is_displayed(), 10, session)
         driver.find_element(By.ID, "btn-pause").click()
         wait("state paused on the page", lambda: text("state") == "paused", 20, session)
         assert bus_state(out / "bus-operator.json") == "paused"
         wait("a paused event in the session file", lambda: "paused" in events_in(out / "e2e.h5"), 10, session)
+        assert any("e2e operator" in m for m in event_messages(out / "e2e.h5", "paused")), "who paused is recorded"
         # paused: trials stop (those shown before the pause may still be reported for a moment)
         time.sleep(2.0)
         paused_at = int(text("trial-count"))

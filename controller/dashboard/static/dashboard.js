@@ -172,12 +172,36 @@
     document.body.dataset.updated = String(Date.now());
   }
 
-  const token = document.querySelector('meta[name="cortexloop-token"]');
+  // commands need a login with the operator's password: the page itself carries no secret
+  function showOperator(name) {
+    const form = $("login");
+    const controls = $("controls");
+    if (!form || !controls) return;
+    form.hidden = Boolean(name);
+    controls.hidden = !name;
+    text("operator-name", name ? `operator: ${name}` : "");
+  }
+  if ($("login")) {
+    fetch("/api/whoami").then((r) => r.json()).then((w) => showOperator(w.operator)).catch(() => {});
+    $("login").addEventListener("submit", async (ev) => {
+      ev.preventDefault();
+      const body = JSON.stringify({ name: $("login-name").value, password: $("login-password").value });
+      const reply = await fetch("/api/login", { method: "POST", headers: { "Content-Type": "application/json" }, body });
+      const got = await reply.json().catch(() => ({}));
+      $("login-password").value = "";
+      text("login-note", reply.ok ? "" : `login refused: ${got.error || reply.status}`);
+      if (reply.ok) showOperator(got.operator);
+    });
+    $("btn-logout").addEventListener("click", async () => {
+      await fetch("/api/logout", { method: "POST" });
+      showOperator(null);
+    });
+  }
   for (const button of document.querySelectorAll("[data-command]")) {
     button.addEventListener("click", async () => {
       const kind = button.dataset.command;
       if (kind === "abort" && !window.confirm("Abort the session?")) return;
-      const init = { method: "POST", headers: { "X-Cortexloop-Token": token ? token.content : "" } };
+      const init = { method: "POST", headers: {} };
       const ms = kind === "reward" && $("reward-ms") ? $("reward-ms").value.trim() : "";
       if (ms) {
         init.headers["Content-Type"] = "application/json";
@@ -185,6 +209,7 @@
       }
       const reply = await fetch(`/api/command/${kind}`, init);
       const body = await reply.json().catch(() => ({}));
+      if (reply.status === 401) showOperator(null);
       text("command-note", reply.ok ? `${kind} sent` : `${kind} refused: ${body.error || reply.status}`);
     });
   }
