@@ -35,7 +35,16 @@ from controller.images import ImageLibrary
 from controller.store import DamagedSession, SessionReader, damage_that_matters
 from protocols.library import PROTOCOL_ADAPTER, ProtocolBase
 from protocols.steps import GenerateImages, Plan, PresentBlock, Step
-from wire.documents import BlockDoc, ImageDoc, ModelVersionDoc, PickDoc, ResponseDoc, StartDoc, StopDoc
+from wire.documents import (
+    BlockDoc,
+    ImageDoc,
+    ModelVersionDoc,
+    PickDoc,
+    ResponseDoc,
+    StartDoc,
+    StepDoc,
+    StopDoc,
+)
 from wire.errors import InvalidRequest, StoreError
 from wire.stim import TrialEvent
 
@@ -112,6 +121,12 @@ class Recording:
         return ClosedTrial(trial_id=trial_id, unit_ids=tuple(doc.units), counts=np.asarray(doc.counts),
                            window=doc.window, onset_acq=doc.onset_acq, onset_stim=ev.onset, complete=doc.complete,
                            block_id=ev.block_id, image_id=ev.image_id, index=ev.index)
+
+    def operator_answer(self, n: int) -> dict[str, Any] | None:
+        """The result of the ``n``-th operator pause of the recording (resume or abort, and why), or None
+        where the recording has no answer for it (it ended while waiting)."""
+        answers = [d.result for d in self.docs if isinstance(d, StepDoc) and d.step.get("kind") == "pause_for_operator"]
+        return answers[n] if n < len(answers) else None
 
     def library(self) -> ImageLibrary:
         ids = list(self.images)

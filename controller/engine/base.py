@@ -98,6 +98,8 @@ class Recording(Protocol):
 
     def closed_trial(self, trial_id: str, ev: TrialEvent) -> ClosedTrial: ...
 
+    def operator_answer(self, n: int) -> dict[str, Any] | None: ...
+
 
 # --- the shared state -----------------------------------------------------------------------
 class EngineBase:
@@ -124,6 +126,8 @@ class EngineBase:
     _segments: dict[str, list[TrialRecord]]
     #: invalid showings already recorded: (segment id, spec index, onset)
     _invalid_seen: set[tuple[str, int, float]]
+    #: replay: operator pauses answered from the recording so far
+    _operator_pauses: int
     #: awake animals: the running behaviour counters (the ``behavior`` status)
     behavior: BehaviorTracker
     #: manual rewards already recorded: (onset, duration), and a flag set at each one recorded

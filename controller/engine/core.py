@@ -109,6 +109,7 @@ class Engine(BlocksMixin, ModelStepsMixin):
         self.requests = {}
         self._segments = {}
         self._invalid_seen = set()
+        self._operator_pauses = 0
         spot = config.fixation_spot
         self.behavior = BehaviorTracker(window_deg=config.behavior.window_deg if config.behavior else None,
                                         centre=spot.position_deg if spot is not None else (0.0, 0.0))
@@ -285,7 +286,26 @@ class Engine(BlocksMixin, ModelStepsMixin):
             if self.config.idle_pause:
                 await self.pause(f"animal idle: no sequence completed for {idle:.0f} s")
 
+    def _replayed_answer(self, step: PauseForOperator) -> OperatorResult:
+        """Replay: the ``n``-th operator pause is answered as the recording answered it (a recording that
+        ended while waiting ends the replay there, as an abort)."""
+        assert self.recording is not None
+        n = self._operator_pauses
+        self._operator_pauses += 1
+        recorded = self.recording.operator_answer(n)
+        result = (OperatorResult.model_validate(recorded) if recorded is not None else
+                  OperatorResult(action="abort", reason="the recording ends while this pause waited for the operator"))
+        self._event("operator_replayed", f"operator pause {n} ({step.message[:80]}): {result.action} as recorded"
+                    if recorded is not None else f"operator pause {n}: no answer in the recording; replay ends here",
+                    action=result.action)
+        if result.action == "abort":
+            self._abort = True
+            self._abort_reason = result.reason or "operator (recorded)"
+        return result
+
     async def _wait_for_operator(self, step: PauseForOperator) -> OperatorResult:
+        if self.recording is not None:  # replay: the operator's recorded answer, without waiting
+            return self._replayed_answer(step)
         self._operator = asyncio.get_running_loop().create_future()
         self._status("operator", {"message": step.message})
         try:

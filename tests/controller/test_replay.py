@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import io
+import time
 import zipfile
 from pathlib import Path
 
@@ -29,7 +30,7 @@ from protocols.steps import (
     Step,
     WaitForCounts,
 )
-from wire.documents import BlockDoc, ModelVersionDoc, PickDoc, ResponseDoc, StopDoc, TrialDoc
+from wire.documents import BlockDoc, EventDoc, ModelVersionDoc, PickDoc, ResponseDoc, StopDoc, TrialDoc
 from wire.errors import AcquisitionError, InvalidRequest, NotFound, StoreError
 
 
@@ -285,3 +286,51 @@ def test_replay_plan_lets_an_unhandled_error_out_and_drives_like_the_engine() ->
     with pytest.raises(AcquisitionError) as err:
         plan.throw(lost)
     assert err.value is lost
+
+
+@pytest.mark.timeout(300)
+def test_replay_answers_an_operator_pause_as_recorded_without_waiting(tmp_path: Path) -> None:
+    """A replay has no operator (and no bus): a recorded pause used to wait for ever (or its full
+    timeout). It is answered as the recording answered it, at once, and the replay says so."""
+    from controller.assembly import assemble
+    from controller.config import BusConfig
+    from controller.demo import demo_config
+    from controller.replay_cli import run_replay
+    from protocols.library import PROTOCOL_ADAPTER
+
+    proto = PROTOCOL_ADAPTER.validate_python({"protocol": "script", "seed": 1, "steps": [
+        {"kind": "present_block", "block_id": "b0", "on_frames": 2, "off_frames": 2,
+         "images": [{"source": "normal", "n_images": 6}]},
+        {"kind": "wait_for_counts", "block_id": "b0"},
+        {"kind": "pause_for_operator", "message": "look at b0", "timeout_s": 3600, "on_timeout": "abort"},
+        {"kind": "present_block", "block_id": "b1", "on_frames": 2, "off_frames": 2,
+         "images": [{"source": "normal", "n_images": 6}]},
+        {"kind": "wait_for_counts", "block_id": "b1"}]})
+    cfg = demo_config(tmp_path / "rec", tiny_settings(), None).model_copy(update={
+        "session_id": "rec-pause", "rig": "test", "bus": BusConfig(broker="none")})
+    cfg.model.kind = "none"
+
+    async def record() -> Path:
+        holder: dict[str, object] = {}
+
+        def on_status(topic: str, payload: dict[str, object]) -> None:
+            if topic == "operator":  # the operator answers after a moment
+                engine = holder["engine"]
+                asyncio.get_running_loop().call_later(0.3, lambda: asyncio.ensure_future(
+                    engine.resume("the operator looked")))  # type: ignore[attr-defined]
+
+        async with assemble(cfg, proto, on_status=on_status) as s:
+            holder["engine"] = s.engine
+            stop = await s.run()
+        assert stop.exit_status == "success", stop
+        return s.path
+
+    rec = asyncio.run(record())
+    t0 = time.monotonic()
+    (out,) = run_replay([rec], tmp_path / "replay", policy=None, modelserver="none", data=None, device="cpu",
+                        seed=None, console=Console(width=100), settings=tiny_settings())
+    assert out.stop.exit_status == "success", out.stop
+    assert time.monotonic() - t0 < 120  # the pause's own timeout is an hour
+    with SessionReader(out.path) as r:
+        events = [d for d in r.documents() if isinstance(d, EventDoc) and d.what == "operator_replayed"]
+    assert len(events) == 1 and events[0].details["action"] == "resume"
