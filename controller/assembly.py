@@ -234,7 +234,31 @@ def _server_keys(cfg: RunConfig, part: str) -> list[str]:
         return []
     curve = keys.server(name)
     check_server_keys(curve)
-    return ["--curve-secret", str(curve.secret_key_file), "--curve-clients", str(curve.allowed_clients_dir)]
+    return ["--curve-secret", str(curve.secret_key_file), "--curve-clients", str(_admitted(cfg))]
+
+
+def _admitted(cfg: RunConfig) -> Path:
+    """The folder of public keys a started server admits: the rig file's ``allowed_clients``, or by default
+    only the controller's own key (a copy in ``<out>/.keys/admitted``). Every started server (stimserver,
+    modelserver, virtual rig) is a client of the controller alone (the rig subscribes to the stimserver
+    with the controller's keys): the keys folder also holds the servers' own pairs, and admitting every
+    ``*.key`` in it let the rig's key open the modelserver."""
+    keys = cfg.keys
+    assert keys is not None
+    if keys.allowed_clients is not None:
+        return keys.allowed_clients.absolute()
+    folder = (cfg.out_dir / ".keys" / "admitted").absolute()
+    folder.mkdir(parents=True, exist_ok=True)
+    for stale in folder.glob("*.key"):
+        if stale.name != f"{keys.client}.key":
+            stale.unlink()
+    public = (keys.folder / f"{keys.client}.key").read_bytes()
+    target = folder / f"{keys.client}.key"
+    if not target.is_file() or target.read_bytes() != public:
+        tmp = target.with_suffix(".tmp")
+        tmp.write_bytes(public)
+        tmp.replace(target)
+    return folder
 
 
 def _client_keys(cfg: RunConfig, part: str, endpoint: str) -> CurveClient | None:

@@ -227,8 +227,8 @@ class KeysConfig(_Cfg):
 
     ``folder`` holds the files ``cortexloop keys generate FOLDER NAME`` writes. The controller is the
     client ``client`` (``client.key_secret``); each server is named by its key pair: a started child
-    gets ``NAME.key_secret`` and the allowed-clients folder (``allowed_clients``, default ``folder``,
-    whose every public ``*.key`` is admitted), a running server is reached with its public ``NAME.key``.
+    gets ``NAME.key_secret`` and the allowed-clients folder (``allowed_clients``; by default the
+    controller's public key alone, so one server's key never opens another), a running server is reached with its public ``NAME.key``.
     A server set to ``null`` is reached (or started) without CURVE. The virtual rig subscribes to the
     stimserver's events with the controller's client keys."""
 
@@ -238,7 +238,8 @@ class KeysConfig(_Cfg):
     model: str | None = Field(default="modelserver", description="the modelserver's key pair (null: no CURVE)")
     rig: str | None = Field(default="virtualrig", description="the virtual rig's key pair (null: no CURVE)")
     allowed_clients: Path | None = Field(default=None, description="folder of the clients started servers admit "
-                                                                   "(public NAME.key files; default: folder)")
+                                                                   "(public NAME.key files; default: the "
+                                                                   "controller's key alone)")
 
     @model_validator(mode="after")
     def _plain_names(self) -> KeysConfig:
