@@ -60,6 +60,8 @@ TARGETS: list[Target] = [
     Target("protocol.load", "tests.protocols.test_loader_limits", "fuzz_protocol_file", "protocol_seeds"),
     Target("rig.load", "tests.protocols.test_loader_limits", "fuzz_rig_file", "rig_seeds"),
     Target("session.read", "tests.store.test_fuzz_reader", "fuzz_session_bytes", "session_seeds", optional=True),
+    Target("schedule.state", "tests.controller.test_schedule_state", "fuzz_schedule_state", "schedule_state_seeds"),
+    Target("dashboard.request", "tests.dashboard.test_app", "fuzz_dashboard_request", "dashboard_request_seeds"),
 ]
 
 #: byte strings worth inserting: JSON/YAML/TOML syntax, bombs, huge numbers, odd encodings

@@ -98,7 +98,7 @@ async def _reward_fields(request: Request) -> dict[str, Any]:
         return {}
     try:
         data = json.loads(body, parse_constant=_not_json)
-    except ValueError as exc:
+    except (ValueError, RecursionError) as exc:
         raise ValueError(f"not JSON ({str(exc)[:100]})") from exc
     if not isinstance(data, dict) or set(data) - {"duration_ms"}:
         raise ValueError('expected {"duration_ms": N} or nothing')
@@ -127,9 +127,12 @@ LOGIN_DELAY_S = 1.0
 
 async def _login_fields(request: Request) -> tuple[str, str]:
     """(name, password) of a login request, or ValueError saying what is wrong."""
+    raw = await request.body()
+    if len(raw) > 4096:
+        raise ValueError("a login's body is at most 4 KiB")
     try:
-        body = json.loads(await request.body() or b"null")
-    except (ValueError, UnicodeDecodeError) as exc:
+        body = json.loads(raw or b"null")
+    except (ValueError, UnicodeDecodeError, RecursionError) as exc:  # RecursionError: absurdly deep JSON
         raise ValueError("the body must be JSON: {\"name\": ..., \"password\": ...}") from exc
     if not isinstance(body, dict) or not isinstance(body.get("name"), str) or not isinstance(body.get("password"), str):
         raise ValueError("give name and password as strings")
@@ -138,6 +141,10 @@ async def _login_fields(request: Request) -> tuple[str, str]:
         raise ValueError("name: 1 to 64 printable characters")
     if len(body["password"]) > 256:
         raise ValueError("password: at most 256 characters")
+    try:
+        body["password"].encode()
+    except UnicodeEncodeError as exc:  # a lone surrogate (\ud800) is not text
+        raise ValueError("password: not valid text") from exc
     return name, body["password"]
 
 

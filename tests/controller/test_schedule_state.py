@@ -76,3 +76,36 @@ def test_ids_that_could_leave_the_output_folder_are_refused(bad: str) -> None:
     with pytest.raises(StoreError):
         check_id(bad, "schedule id")
     assert check_id("2026-12-07_rig1_day.1", "schedule id")
+
+
+# --- the fuzz target (bench/fuzz.py, "schedule.state") ----------------------------------------------------
+_FUZZ_DIR: list[Path] = []
+
+
+def schedule_state_seeds() -> list[bytes]:
+    """A state file the runner writes (the fuzzer mutates it)."""
+    return [json.dumps(good(Path("/tmp/fuzz-out"))).encode()]
+
+
+def fuzz_schedule_state(data: bytes) -> None:
+    """Fuzz target: ``data`` as a schedule state file; resuming from it may only raise StoreError."""
+    import tempfile
+
+    if not _FUZZ_DIR:
+        _FUZZ_DIR.append(Path(tempfile.mkdtemp(prefix="fuzz-schedule-")))
+    path = _FUZZ_DIR[0] / "day1.schedule.json"
+    path.write_bytes(data)
+    try:
+        state = load_state(path, SCHEDULE, "day1")
+    except StoreError:
+        return
+    for rec in state["stages"].get("sysid", {}).get("sessions", []):  # what loads never leaves the folder
+        assert rec["file"] is None or Path(rec["file"]).resolve().parent == path.parent.resolve(), rec
+
+
+def test_the_fuzz_target_takes_its_seed_and_refuses_mutations_typed() -> None:
+    fuzz_schedule_state(schedule_state_seeds()[0])
+    for k in range(0, len(schedule_state_seeds()[0]), 7):
+        data = bytearray(schedule_state_seeds()[0])
+        data[k:k + 3] = b'"/.'
+        fuzz_schedule_state(bytes(data))

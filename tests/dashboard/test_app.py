@@ -272,3 +272,35 @@ def test_the_cli_refuses_a_network_address_without_insecure_and_needs_a_source(t
     nothing = runner.invoke(app, ["dashboard"])
     assert nothing.exit_code == 2 and "session file" in nothing.output
     assert "--dashboard" in runner.invoke(app, ["run", "--help"]).output
+
+
+# --- the fuzz target (bench/fuzz.py, "dashboard.request") -------------------------------------------------
+_FUZZ_CLIENT: list[TestClient] = []
+
+
+def dashboard_request_seeds() -> list[bytes]:
+    return [b'{"name": "ada", "password": "op-secret"}', b'{"duration_ms": 100}', b"{}", b""]
+
+
+def fuzz_dashboard_request(data: bytes) -> None:
+    """Fuzz target: ``data`` as the body (and, its printable half, the cookie) of login and command
+    requests to an operator's dashboard; every answer must be 2xx or 4xx, never a server error."""
+    import controller.dashboard.app as app_module
+
+    if not _FUZZ_CLIENT:
+        app_module.LOGIN_DELAY_S = 0.0  # the brute-force delay would make every wrong password a 1 s case
+        state = DashboardState(controls=True)
+        c = TestClient(create_app(state, bus=RecordingBus(state)), base_url="http://127.0.0.1")
+        c.__enter__()
+        _FUZZ_CLIENT.append(c)
+    c = _FUZZ_CLIENT[0]
+    cookie = bytes(b for b in data[: len(data) // 2] if 0x21 <= b <= 0x7E and b not in b';,"\\').decode()
+    for path in ("/api/login", "/api/command/reward", "/api/command/pause", "/api/logout"):
+        r = c.post(path, content=data, headers={"Cookie": f"cortexloop_operator={cookie}",
+                                                "Content-Type": "application/json"})
+        assert r.status_code < 500, (path, r.status_code, r.text[:200])
+
+
+def test_the_dashboard_fuzz_target_on_its_seeds() -> None:
+    for seed in dashboard_request_seeds():
+        fuzz_dashboard_request(seed)
