@@ -209,9 +209,9 @@ class TimedStim:
         self.timeline.add("load", t0, ids=list(ids), added=added)
         return added
 
-    async def present(self, block_id: str, trials: list[TrialSpec], timeout: float) -> StimBlockResult:
+    async def present(self, block_id: str, trials: list[TrialSpec], timeout: float, **awake: Any) -> StimBlockResult:
         self.timeline.add("present", clock.now(), block=block_id.split("~")[0])
-        return await self.inner.present(block_id, trials, timeout)
+        return await self.inner.present(block_id, trials, timeout, **awake)
 
     def __getattr__(self, name: str) -> Any:
         return getattr(self.inner, name)
