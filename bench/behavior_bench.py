@@ -5,7 +5,7 @@ An in-process stimulus server (the display-free presenter flipping in real time 
 time: steady fixation with a saccade out of the window every ``--break-every`` seconds. The reward line
 is a real pyserial port on a pseudo-terminal whose other end a thread reads. Prints, per refresh rate:
 
-- break to blank: for each break, the time from the first out-of-window sample to the flip that blanked
+- break to blank: for each break (at a random phase of the refresh), the time from the first out-of-window sample to the flip that blanked
   the screen, and how many flips still showed the image after the sample (1 at most: the frame already
   drawn when the sample arrived);
 - reward: the pulse's start after the last offset flip of its sequence, and the bytes' arrival on the
@@ -21,6 +21,7 @@ import argparse
 import asyncio
 import math
 import os
+import random
 import sys
 import threading
 import time
@@ -38,7 +39,7 @@ from stimserver.fake_presenter import FakePresenter  # noqa: E402
 from stimserver.gaze import LslGaze  # noqa: E402
 from stimserver.reward import SerialReward  # noqa: E402
 from stimserver.server import StimServer  # noqa: E402
-from wire import clock  # noqa: E402
+from wire import clock, lslconfig  # noqa: E402
 from wire.base import Message, image_id  # noqa: E402
 from wire.behavior import BehaviorEvent, FixationRule, RewardEvent  # noqa: E402
 from wire.stim import BlockResult, FixationSpot, LoadImages, PresentBlock, TrialSpec  # noqa: E402
@@ -57,6 +58,7 @@ class GazeStream(threading.Thread):
             ch.append_child_value("unit", "deg")
         self.outlet = pylsl.StreamOutlet(info)
         self.every, self.stop = every, threading.Event()
+        self.rng = random.Random(0)  # breaks at random phases of the refresh
         self.breaks: list[float] = []  # time of each break's first out-of-window sample (wire clock)
         self.offset = pylsl.local_clock() - clock.now()
 
@@ -70,7 +72,7 @@ class GazeStream(threading.Thread):
                 t += 0.001
                 if t >= next_break:
                     self.breaks.append(t)
-                    away_until, next_break = t + 0.3, t + self.every
+                    away_until, next_break = t + 0.3, t + self.every * (0.5 + self.rng.random())
                 x = 6.0 if t < away_until else 0.1 * math.sin(t)
                 self.outlet.push_sample([x, 0.0], t + self.offset)
             time.sleep(0.0005)
@@ -145,7 +147,7 @@ async def one_rate(hz: float, n_images: int, every: float, gaze_on: bool) -> dic
         latencies.append(blank.time - b.sample_time)
         showing_after.append(sum(1 for f in frames if b.sample_time < f.time < blank.time and f.image_id))
     rewards = [e for e in events if isinstance(e, RewardEvent)]
-    offsets = sorted(t.offset for t in res.trials)
+    offsets = sorted(t.offset for t in res.trials + res.invalid)  # a sequence's last image may be spoiled after it
     after_flip = []
     for r in rewards:
         last = max((o for o in offsets if o <= r.time), default=None)
@@ -175,6 +177,7 @@ def main() -> None:
     ap.add_argument("--hz", type=float, nargs="+", default=[60.0, 120.0])
     ap.add_argument("--break-every", type=float, default=2.5)
     a = ap.parse_args()
+    lslconfig.configure()
     for hz in a.hz:
         for gaze_on in (False, True):
             r = asyncio.run(one_rate(hz, a.images, a.break_every, gaze_on))
