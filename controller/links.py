@@ -12,9 +12,11 @@ import zmq.asyncio
 
 from wire.behavior import (
     STIM_BEHAVIOR_TOPIC,
+    STIM_GAZE_TOPIC,
     STIM_REWARD_TOPIC,
     BehaviorEvent,
     FixationRule,
+    GazeChunk,
     GiveReward,
     RewardEvent,
 )
@@ -42,7 +44,7 @@ log = logging.getLogger(__name__)
 
 
 #: what :meth:`StimLink.events` yields
-StimEvent = TrialEvent | RewardEvent | BehaviorEvent
+StimEvent = TrialEvent | RewardEvent | BehaviorEvent | GazeChunk
 
 
 class StimLink:
@@ -51,8 +53,9 @@ class StimLink:
     def __init__(self, rpc_endpoint: str, events_endpoint: str, *, timeout: float = 10.0,
                  context: zmq.asyncio.Context | None = None, curve: CurveClient | None = None) -> None:
         self.client = RpcClient(rpc_endpoint, timeout=timeout, context=context, curve=curve)
-        self._events = EventSubscriber(events_endpoint, [TrialEvent, RewardEvent, BehaviorEvent],
-                                       topics=[STIM_TRIAL_TOPIC, STIM_REWARD_TOPIC, STIM_BEHAVIOR_TOPIC],
+        self._events = EventSubscriber(events_endpoint, [TrialEvent, RewardEvent, BehaviorEvent, GazeChunk],
+                                       topics=[STIM_TRIAL_TOPIC, STIM_REWARD_TOPIC, STIM_BEHAVIOR_TOPIC,
+                                               STIM_GAZE_TOPIC],
                                        context=context, curve=curve)
 
     async def __aenter__(self) -> StimLink:
@@ -102,7 +105,7 @@ class StimLink:
         return await self.client.request(GiveReward(duration_ms=duration_ms, operator=operator[:128]), StimStatus)
 
     async def events(self) -> AsyncIterator[StimEvent]:
-        """Trial events, and (awake animals) reward and behaviour events, in the order published."""
+        """Trial events, and (awake animals) reward, behaviour and gaze events, in the order published."""
         async for ev in self._events:
             yield ev
 

@@ -214,8 +214,8 @@ class SessionWriter:
 
 # --- reading ----------------------------------------------------------------------------------------
 #: every document kind (wire.documents)
-KINDS: frozenset[str] = frozenset({"start", "block", "image", "trial", "response", "reward", "model_version",
-                                   "pick", "step", "event", "stop"})
+KINDS: frozenset[str] = frozenset({"start", "block", "image", "trial", "response", "reward", "gaze",
+                                   "model_version", "pick", "step", "event", "stop"})
 #: kinds without which a session cannot be replayed or exported as it was recorded: damage to one of
 #: them, to a record whose kind cannot be told, or to the file itself "matters" (see Damage.matters)
 ESSENTIAL_KINDS: frozenset[str] = frozenset({"start", "block", "image", "trial", "response"})

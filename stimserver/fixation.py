@@ -29,15 +29,20 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Literal
 
+import numpy as np
+
 from stimserver.frameloop import BlockControl, BlockRun, Live, PlannedTrial, expand
 from stimserver.gaze import GazeSource
 from stimserver.presenter import Presenter
 from stimserver.reward import RewardLine
 from wire import clock
 from wire.base import Message
-from wire.behavior import BehaviorEvent, FixationRule, GazeSample, InvalidReason, RewardEvent
+from wire.behavior import BehaviorEvent, FixationRule, GazeChunk, GazeSample, InvalidReason, RewardEvent
 from wire.errors import StimError
 from wire.stim import BlockResult, BlockStatus, PresentBlock, TrialEvent
+
+#: the gaze samples read go out as one GazeChunk at most this often (s), and at the block's end
+GAZE_CHUNK_S = 0.25
 
 
 @dataclass
@@ -60,6 +65,8 @@ class GazeJudge:
         self.no_eye_since: float | None = None
         #: time of the newest sample inside the window since the last reset, with no break since
         self.good_until = -math.inf
+        #: every sample read and not yet taken (:meth:`take`), judged or not
+        self.kept: list[GazeSample] = []
 
     def reset(self) -> None:
         """Start judging afresh (at the start of a hold): earlier blinks are forgotten."""
@@ -69,9 +76,17 @@ class GazeJudge:
     def _inside(self, s: GazeSample) -> bool:
         return s.has_eye and math.hypot(s.x - self.centre[0], s.y - self.centre[1]) <= self.rule.window_deg
 
+    def take(self) -> list[GazeSample]:
+        """The samples read since the last call (all of them, also those after a breaking one)."""
+        kept, self.kept = self.kept, []
+        return kept
+
     def check(self, now: float) -> Verdict:
         """Read the new samples; the first one that breaks fixation decides."""
-        for s in self.source.poll():
+        samples = self.source.poll()
+        if samples:
+            self.kept.extend(samples)
+        for s in samples:
             self.last = s
             if self._inside(s):
                 self.no_eye_since = None
@@ -117,6 +132,7 @@ class FixationBlock:
         self.missing: list[int] = []
         self.rewards: list[RewardEvent] = []
         self.sequences = self.completed = self.no_fixation = self.streak = 0
+        self._gaze_sent = -math.inf  # when the last GazeChunk went out (self.now; the block's start at first)
 
     # --- bookkeeping ----------------------------------------------------------------------------
     def _frames(self, seconds: float) -> int:
@@ -161,6 +177,23 @@ class FixationBlock:
                                 gaze=(sample.x, sample.y) if sample is not None else None,
                                 sample_time=sample.t if sample is not None else None))
 
+    def _look(self) -> Verdict:
+        """Judge the gaze read since the last frame; publish the samples read at most every GAZE_CHUNK_S."""
+        now = self.now()
+        v = self.judge.check(now)
+        if now - self._gaze_sent >= GAZE_CHUNK_S and self.judge.kept:
+            self._send_gaze(now)
+        return v
+
+    def _send_gaze(self, now: float) -> None:
+        """Publish the samples read and not yet published as one GazeChunk."""
+        self._gaze_sent = now
+        kept = self.judge.take()
+        if kept:
+            t = np.fromiter((s.t for s in kept), np.float64, len(kept))
+            xy = np.array([(s.x, s.y) for s in kept], np.float32).reshape(len(kept), 2)
+            self.emit(GazeChunk(block_id=self.cmd.block_id, t=t, xy=xy))
+
     def _blank(self, seconds: float) -> bool:
         """Blank frames without the spot for ``seconds``; False when aborted meanwhile."""
         for _ in range(self._frames(seconds) if seconds > 0 else 0):
@@ -175,7 +208,7 @@ class FixationBlock:
         for _ in range(self._frames(self.rule.acquire_s)):
             if self.control.interrupt and (self.control.abort or self.run.pause(self.control)):
                 return None
-            if self.judge.check(self.now()).inside:
+            if self._look().inside:
                 return True
             self.run.frame(None)
         return False
@@ -184,7 +217,7 @@ class FixationBlock:
         """Spot on for ``hold_s`` with the eyes in the window: None held, else the breaking verdict."""
         self.judge.reset()
         for _ in range(self._frames(self.rule.hold_s) if self.rule.hold_s > 0 else 0):
-            v = self.judge.check(self.now())
+            v = self._look()
             if v.broke is not None:
                 return v
             self.run.frame(None)
@@ -216,7 +249,7 @@ class FixationBlock:
         return None
 
     def _check(self, final: bool = False) -> Verdict | None:
-        v = self.judge.check(self.now())
+        v = self._look()
         if v.broke is not None:
             return v
         if self.rule.count_before_break or final:
@@ -258,6 +291,7 @@ class FixationBlock:
         self.control.trials_done = 0
         status = BlockStatus.COMPLETED
         failed_in_row = 0
+        self._gaze_sent = self.now()
         self.run.frame(None, spot=False)  # lead-in blank
         while self.queue:
             acquired = self._acquire()
@@ -299,6 +333,7 @@ class FixationBlock:
                 break
         if self.run.on_screen is not None:
             self.run.frame(None, spot=False)
+        self._send_gaze(self.now())
         self.control.trials_done = len(self.run.trials)
         return self.run.result(status).model_copy(update={
             "invalid": self.invalid, "missing": sorted(self.missing), "rewards": self.rewards,

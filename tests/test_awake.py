@@ -14,6 +14,7 @@ import sys
 from collections import Counter
 from pathlib import Path
 
+import numpy as np
 import pytest
 import yaml
 
@@ -21,7 +22,7 @@ from controller.behavior_summary import summarize
 from controller.demo import demo_config
 from controller.store import SessionReader
 from wire.behavior import InvalidReason
-from wire.documents import BlockDoc, EventDoc, ResponseDoc, RewardDoc, StepDoc, StopDoc, TrialDoc
+from wire.documents import BlockDoc, EventDoc, GazeDoc, ResponseDoc, RewardDoc, StepDoc, StopDoc, TrialDoc
 
 REPO = Path(__file__).resolve().parents[1]
 AWAKE = REPO / "protocols" / "examples" / "rigs" / "awake_virtual.yaml"
@@ -94,6 +95,21 @@ def test_awake_sysid_session_counts_only_what_the_monkey_looked_at(tmp_path: Pat
     assert ingests and max(int(i["n_trials"]) for i in ingests) == sum(training.values()), (ingests, training)
     invalid_counted = [t for t in invalid if t.trial_id in counted and t.block_id != "heldout"]
     assert invalid_counted, "invalid trials' counts are stored (and must not be trained on)"
+
+    # the gaze the stimserver judged is kept: ~1 kHz samples spanning every block, times increasing
+    gaze = [d for d in docs if isinstance(d, GazeDoc)]
+    blocks = {d.block_id for d in docs if isinstance(d, BlockDoc)}
+    assert gaze and {g.block_id for g in gaze} == blocks
+    t = np.concatenate([g.t for g in gaze])
+    assert np.all(np.diff(t) > 0) and sum(len(g.xy) for g in gaze) == len(t)
+    shown = 0.0
+    for b in blocks:
+        of_block = [x for x in trials if x.block_id == b]
+        start, end = min(x.onset for x in of_block), max(x.offset for x in of_block)
+        shown += end - start
+        g = np.concatenate([g.t for g in gaze if g.block_id == b])
+        assert g[0] <= start + 0.1 and g[-1] >= end - 0.1, (b, g[0], g[-1], start, end)
+    assert 0.5 * 1000 * shown <= len(t) <= 2 * 1000 * shown, (len(t), shown)
 
     # the demo's --awake summary reads the same figures from the file
     summary = summarize([out / "awake.h5"])

@@ -17,12 +17,14 @@ import math
 from enum import StrEnum
 from typing import Literal
 
+import numpy as np
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
-from wire.base import Message
+from wire.base import Array, Message
 
 STIM_REWARD_TOPIC = "stim.reward"
 STIM_BEHAVIOR_TOPIC = "stim.behavior"
+STIM_GAZE_TOPIC = "stim.gaze"
 
 
 class InvalidReason(StrEnum):
@@ -132,6 +134,29 @@ class BehaviorEvent(Message):
     what: Literal["acquired", "break", "no_fixation", "completed"] = Field(description="what happened")
     gaze: tuple[float, float] | None = Field(default=None, description="the gaze sample that decided it (deg)")
     sample_time: float | None = Field(default=None, description="that sample's time (stim clock, s)")
+
+
+def check_gaze_arrays(t: np.ndarray, xy: np.ndarray) -> None:
+    """Gaze arrays as a chunk or a document holds them: t (N,), xy (N, 2), both floating point."""
+    if t.ndim != 1 or xy.ndim != 2 or xy.shape[1] != 2 or xy.shape[0] != t.shape[0]:
+        raise ValueError(f"gaze needs t (N,) and xy (N, 2), got {t.shape} and {xy.shape}")
+    if t.dtype.kind != "f" or xy.dtype.kind != "f":
+        raise ValueError(f"gaze arrays must be floating point, got {t.dtype} and {xy.dtype}")
+
+
+class GazeChunk(Message):
+    """The gaze samples the trial state machine read during an awake block, published in chunks (at most
+    every 0.25 s and at the block's end) so the session keeps them."""
+
+    kind: Literal["stim.gaze"] = "stim.gaze"
+    block_id: str
+    t: Array = Field(description="float64 (N,) sample times (stim clock, s), increasing")
+    xy: Array = Field(description="float32 (N, 2) positions (deg from the screen centre, x right, y up); NaN: no eye")
+
+    @model_validator(mode="after")
+    def _shapes(self) -> GazeChunk:
+        check_gaze_arrays(self.t, self.xy)
+        return self
 
 
 class GiveReward(Message):

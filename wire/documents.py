@@ -10,9 +10,10 @@ from __future__ import annotations
 
 from typing import Annotated, Any, Literal
 
-from pydantic import Field, TypeAdapter
+from pydantic import Field, TypeAdapter, model_validator
 
 from wire.base import Array, Document
+from wire.behavior import check_gaze_arrays
 
 
 class StartDoc(Document):
@@ -88,6 +89,20 @@ class RewardDoc(Document):
     line: str = Field(default="", description="the reward output that pulsed")
 
 
+class GazeDoc(Document):
+    """A chunk of the gaze samples the stimulus server judged during an awake block (``wire.behavior.GazeChunk``)."""
+
+    kind: Literal["gaze"] = "gaze"
+    block_id: str = Field(description="the block segment it was read in (``<block id>~<attempt>`` as events carry it)")
+    t: Array = Field(description="float64 (N,) sample times (stim clock, s), increasing")
+    xy: Array = Field(description="float32 (N, 2) positions (deg from the screen centre, x right, y up); NaN: no eye")
+
+    @model_validator(mode="after")
+    def _shapes(self) -> GazeDoc:
+        check_gaze_arrays(self.t, self.xy)
+        return self
+
+
 class ModelVersionDoc(Document):
     kind: Literal["model_version"] = "model_version"
     version: str
@@ -141,7 +156,7 @@ class EventDoc(Document):
 
 
 AnyDocument = Annotated[
-    StartDoc | BlockDoc | ImageDoc | TrialDoc | ResponseDoc | RewardDoc | ModelVersionDoc | PickDoc | StepDoc
+    StartDoc | BlockDoc | ImageDoc | TrialDoc | ResponseDoc | RewardDoc | GazeDoc | ModelVersionDoc | PickDoc | StepDoc
     | EventDoc | StopDoc,
     Field(discriminator="kind"),
 ]

@@ -26,7 +26,7 @@ from typing import Annotated, ClassVar, Literal
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
 from wire.base import Array, Message
-from wire.behavior import BehaviorEvent, FixationRule, GiveReward, RewardEvent
+from wire.behavior import BehaviorEvent, FixationRule, GazeChunk, GiveReward, RewardEvent
 
 STIM_TRIAL_TOPIC = "stim.trial"
 
@@ -248,4 +248,4 @@ STIM_COMMANDS: tuple[type[Message], ...] = (
     LoadImages, CheckImages, PresentBlock, PauseBlock, ResumeBlock, AbortBlock, SetFixation, GetStimStatus, GiveReward,
 )
 #: what the stimserver publishes on its event stream (topic = the event's ``kind``)
-STIM_EVENTS: tuple[type[Message], ...] = (TrialEvent, RewardEvent, BehaviorEvent)
+STIM_EVENTS: tuple[type[Message], ...] = (TrialEvent, RewardEvent, BehaviorEvent, GazeChunk)

@@ -24,8 +24,8 @@ from controller.engine.counts import CountsMixin
 from controller.engine.modelsteps import Generated
 from controller.state import BLOCK_TRANSITIONS, BlockState, SessionState, StateMachine
 from protocols.steps import BlockResult, GenerateImages, ImageSet, PresentBlock
-from wire.behavior import BehaviorEvent, RewardEvent
-from wire.documents import BlockDoc, ImageDoc, PickDoc, RewardDoc, TrialDoc
+from wire.behavior import BehaviorEvent, GazeChunk, RewardEvent
+from wire.documents import BlockDoc, GazeDoc, ImageDoc, PickDoc, RewardDoc, TrialDoc
 from wire.errors import CortexloopError, ProtocolError, RequestTimeout, ServerUnavailable
 from wire.stim import BlockResult as StimBlockResult
 from wire.stim import TrialEvent, TrialSpec
@@ -280,8 +280,11 @@ class BlocksMixin(CountsMixin):
 
     # -- the stimserver's events -----------------------------------------------------------------------
     async def _pump_events(self) -> None:
-        """Trial events; rewards and transitions (awake animals) count, and manual rewards are recorded."""
+        """Trial events; rewards and transitions (awake animals) count, manual rewards and gaze are recorded."""
         async for ev in self.stim.events():
+            if isinstance(ev, GazeChunk):
+                self._on_gaze(ev)
+                continue
             if isinstance(ev, TrialEvent):
                 self._on_trial(ev)
             elif isinstance(ev, RewardEvent) and ev.manual:
@@ -297,6 +300,11 @@ class BlocksMixin(CountsMixin):
             return None
         recs = self._segments.get(segment)
         return recs[0].block_id if recs else segment.rsplit("~", 1)[0]
+
+    def _on_gaze(self, ev: GazeChunk) -> None:
+        """Keep the gaze samples the stimulus server judged (one ``gaze`` document per chunk)."""
+        if len(ev.t):
+            self.store.write(GazeDoc(block_id=self._block_of(ev.block_id) or ev.block_id, t=ev.t, xy=ev.xy))
 
     def _on_trial(self, ev: TrialEvent) -> None:
         seg = self._segments.get(ev.block_id)

@@ -11,6 +11,7 @@ writes one NWB 2.x file with the community's types (``docs/nwb.md``):
   counted or is invalid.
 * ``/events/stimulus_onsets``: a core ``EventsTable`` of the onsets (with their acquisition-clock time).
 * ``/events/rewards``: a core ``EventsTable`` of the rewards (onset on the stimulus clock, duration, manual, line).
+* ``/processing/behavior/EyeTracking/gaze``: the gaze samples of awake blocks (degrees, stimulus clock).
 * ``/stimulus/templates/stimulus_images`` and ``/stimulus/presentation/stimulus_presentations``.
 * subject, lab, institution, experimenter and devices from the rig file the start document recorded.
 * ``/processing/misc`` (blocks, model versions, picks, events, steps, behavior per block) and
@@ -46,7 +47,7 @@ def build_nwbfile(session_path: str | Path, *, lab: str | None = None, instituti
     """The in-memory ``pynwb.NWBFile`` of a session file (see :func:`export_nwb`)."""
     from pynwb import ProcessingModule
 
-    from controller.nwb.behavior import behavior, rewards
+    from controller.nwb.behavior import behavior, eye_tracking, rewards
     from controller.nwb.binned import spike_counts, stimulus_onsets
     from controller.nwb.build import nwbfile, presentations, stimuli, trials
     from controller.nwb.metadata import session_metadata, sync_channel
@@ -79,6 +80,11 @@ def build_nwbfile(session_path: str | Path, *, lab: str | None = None, instituti
                 ecephys.add(c)
     if s.rewards:
         nwb.add_events_table(rewards(s))
+    eyes = eye_tracking(s)
+    if eyes is not None:
+        nwb.add_processing_module(ProcessingModule(name="behavior", description="the animal's gaze as the stimulus "
+                                                   "server read it to judge fixation (awake blocks)",
+                                                   data_interfaces=[eyes]))
     tables = bookkeeping(s, image_index)
     behaviour = behavior(s)
     if behaviour is not None:

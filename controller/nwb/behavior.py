@@ -1,8 +1,8 @@
-"""An awake session's behaviour in NWB: rewards as a core ``EventsTable``, each block's behaviour as a table.
+"""An awake session's behaviour in NWB: rewards as a core ``EventsTable``, each block's behaviour as a table,
+and the gaze samples the stimulus server judged as a core ``EyeTracking`` (``processing/behavior``).
 
 Trial validity (fixation held or not) is in ``intervals/trials`` (``valid``, ``invalid_reason``,
-``controller.nwb.build.trials``). Gaze samples are not stored in session files, so there is no
-``EyeTracking`` here.
+``controller.nwb.build.trials``).
 """
 
 from __future__ import annotations
@@ -52,6 +52,30 @@ def rewards(s: Session) -> Any:
                                    "the clock of intervals/trials",
                        source_description="the stimulus server's reward output, stamped on its clock when the "
                                           "pulse started (cortexloop stimserver)")
+
+
+GAZE_FRAME = "degrees from the screen centre, x right, y up"
+
+
+def eye_tracking(s: Session) -> Any | None:
+    """Every ``gaze`` document of the session, concatenated and sorted by time, as an ``EyeTracking`` holding
+    the SpatialSeries ``gaze`` ((N, 2) float32 degrees; NaN: the tracker saw no eye); None without gaze."""
+    from hdmf.backends.hdf5 import H5DataIO
+    from pynwb.behavior import EyeTracking, SpatialSeries
+
+    docs = [g for g in s.gaze if len(g.t)]
+    if not docs:
+        return None
+    t = np.concatenate([np.asarray(g.t, np.float64).reshape(-1) for g in docs])
+    xy = np.concatenate([np.asarray(g.xy, np.float32).reshape(-1, 2) for g in docs])
+    order = np.argsort(t, kind="stable")
+    series = SpatialSeries(
+        name="gaze", data=H5DataIO(xy[order], compression="gzip", compression_opts=4),
+        timestamps=H5DataIO(t[order], compression="gzip", compression_opts=4), reference_frame=GAZE_FRAME,
+        unit="degrees", description=f"eye position (x, y) in {GAZE_FRAME}, every sample the stimulus server's "
+                                    f"trial state machine read during awake blocks; NaN: no eye (a blink, a lost "
+                                    f"pupil); times on {STIM_CLOCK}, the clock of intervals/trials")
+    return EyeTracking(name="EyeTracking", spatial_series=series)
 
 
 def behavior(s: Session) -> Any | None:

@@ -9,7 +9,7 @@ from typing import Any
 import numpy as np
 
 from controller.nwb.session import Session, column_name, nan_if_none
-from wire.documents import ImageDoc, ResponseDoc
+from wire.documents import GazeDoc, ImageDoc, ResponseDoc
 
 
 def table(name: str, description: str, columns: Sequence[tuple[str, str, Any]]) -> Any:
@@ -91,6 +91,8 @@ def document_log(s: Session) -> Any:
     def leave_out(d: Any) -> set[str] | None:
         if isinstance(d, ImageDoc):
             return {"pixels"}
+        if isinstance(d, GazeDoc):
+            return {"t", "xy"}
         if isinstance(d, ResponseDoc) and id(d) in exported:
             return {"counts"}
         return None
@@ -99,7 +101,8 @@ def document_log(s: Session) -> Any:
             for d in s.docs]
     return ScratchData(name="cortexloop_documents", data=rows,
                        description="JSON of every document of the cortexloop session file, in order; image pixels "
-                                   "are left out (they are stimulus/templates/stimulus_images/<image_id>) and so "
+                                   "are left out (they are stimulus/templates/stimulus_images/<image_id>), so are "
+                                   "the samples of gaze documents (processing/behavior/EyeTracking/gaze), and so "
                                    "are the counts of responses exported in processing/ecephys (BinnedAlignedSpikes); "
                                    "the counts of invalid trials (intervals/trials valid false), never exported as "
                                    "counts, stay in their response document here, as in the session file")

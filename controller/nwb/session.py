@@ -14,6 +14,7 @@ import numpy as np
 from wire.documents import (
     BlockDoc,
     EventDoc,
+    GazeDoc,
     ImageDoc,
     ModelVersionDoc,
     PickDoc,
@@ -57,6 +58,7 @@ class Session:
     events: list[EventDoc] = field(default_factory=list)
     steps: list[StepDoc] = field(default_factory=list)
     rewards: list[RewardDoc] = field(default_factory=list)
+    gaze: list[GazeDoc] = field(default_factory=list)
 
     def since_start(self, t: float) -> float:
         """A document's wall-clock time as seconds after the session's start document."""
@@ -108,6 +110,8 @@ def read_session(path: Path, *, allow_damaged: bool = False) -> Session:
             s.steps.append(d)
         elif isinstance(d, RewardDoc):
             s.rewards.append(d)
+        elif isinstance(d, GazeDoc):
+            s.gaze.append(d)
         elif isinstance(d, StopDoc):
             s.stop = d
     s.trials.sort(key=lambda t: t.onset)  # stable: trials recovered late keep their place by onset

@@ -25,6 +25,7 @@ from wire.behavior import InvalidReason
 from wire.documents import (
     BlockDoc,
     EventDoc,
+    GazeDoc,
     ImageDoc,
     ResponseDoc,
     RewardDoc,
@@ -80,6 +81,8 @@ def awake_session(path: Path) -> dict[str, Any]:
     rows: list[dict[str, Any]] = []
     rewards: list[dict[str, Any]] = []
     behavior: list[dict[str, Any]] = []
+    gaze_t: list[np.ndarray] = []
+    gaze_xy: list[np.ndarray] = []
     clock = 300.0
     for b, blk in enumerate(BLOCKS):
         bid = f"b{b}"
@@ -88,6 +91,8 @@ def awake_session(path: Path) -> dict[str, Any]:
                              params={"trials": [list(p) for p in plan], "fallbacks": []}, time=t0 + 2 + b))
         shown_invalid = [0] * len(plan)
         offsets = []
+        clock += 1.0  # a gap between blocks
+        first = clock
         for n, (k, reason) in enumerate(blk["shows"]):
             tid, img, cond = plan[k]
             onset = clock + 0.002 * rng.random()
@@ -111,6 +116,14 @@ def awake_session(path: Path) -> dict[str, Any]:
                 docs.append(ResponseDoc(trial_id=trial.trial_id, units=UNITS, counts=counts, window=WINDOW,
                                         onset_acq=40.0 + onset, time=t0 + 3 + b))
             rows.append(row)
+        # the engine's _on_gaze: the block's gaze at 1 kHz in chunks of 0.25 s, with a blink (NaN) in each
+        t = np.round(np.arange(first - 0.5, clock, 0.001), 6)
+        xy = np.stack([0.3 * np.sin(t), 0.2 * np.cos(t) - 0.1 * b], axis=1).astype(np.float32)
+        xy[100:130] = np.nan
+        for k in range(0, len(t), 250):
+            docs.append(GazeDoc(block_id=bid, t=t[k:k + 250], xy=xy[k:k + 250], time=t0 + 3 + b))
+        gaze_t.append(t)
+        gaze_xy.append(xy)
         # the engine's _record_behavior, at the end of the block: rewards, images given up, the behaviour
         these = [{"block_id": bid, "block_index": b, "onset": offsets[i] + 0.002, "duration": d, "manual": m}
                  for i, d, m in blk["rewards"]]
@@ -135,7 +148,8 @@ def awake_session(path: Path) -> dict[str, Any]:
     docs.append(StopDoc(exit_status="success", n_trials=len(rows), time=t0 + 9))
     with SessionWriter.create(path) as w:
         w.write_many(docs)
-    return {"rows": rows, "rewards": rewards, "behavior": behavior, "docs": docs}
+    return {"rows": rows, "rewards": rewards, "behavior": behavior, "docs": docs,
+            "gaze_t": np.concatenate(gaze_t), "gaze_xy": np.concatenate(gaze_xy)}
 
 
 @pytest.fixture
@@ -209,6 +223,21 @@ def test_awake_session_round_trip(awake: tuple[Path, dict[str, Any]], tmp_path: 
         assert list(beh["status"]) == ["completed"] * 2
         assert list(misc["events"].to_dataframe()["what"]) == ["behavior", "trials_missing", "behavior"]
         assert "awake animal: 7 of 13 trials valid" in nwb.notes and "4 rewards" in nwb.notes
+
+        # every gaze sample, concatenated in time order, NaN kept, on the clock of the trials
+        eyes = nwb.processing["behavior"]["EyeTracking"]
+        assert type(eyes).__name__ == "EyeTracking"
+        series = eyes.spatial_series["gaze"]
+        assert type(series).__name__ == "SpatialSeries" and series.unit == "degrees"
+        assert series.reference_frame == "degrees from the screen centre, x right, y up"
+        assert series.data.dtype == np.float32 and series.data.shape == (len(ex["gaze_t"]), 2)
+        np.testing.assert_array_equal(series.timestamps[:], ex["gaze_t"])
+        np.testing.assert_array_equal(series.data[:], ex["gaze_xy"])
+        assert np.isnan(series.data[:]).sum() == 2 * 30 * len(BLOCKS)
+        assert series.timestamps[0] < trials["start_time"].min() and series.timestamps[-1] > stops.max()
+        assert "stimulus server's monotonic clock" in series.description
+        # the samples are left out of the document log (they are in the series)
+        assert all("t" not in d and "xy" not in d for d in logged if d["kind"] == "gaze")
     # what the analyses read from the session file agrees: the valid trials with counts, and no other
     with SessionReader(path) as r:
         valid, _, _ = r.counts()
@@ -226,7 +255,7 @@ def test_awake_session_passes_dandi_validate(awake: tuple[Path, dict[str, Any]],
     path, _ = awake
     folder = tmp_path / "dandiset"
     (nwb,) = export_dandi([path], folder)
-    assert nwb.relative_to(folder).as_posix() == "sub-M9/sub-M9_ses-2026-12-09-rig3-M9_image.nwb"
+    assert nwb.relative_to(folder).as_posix() == "sub-M9/sub-M9_ses-2026-12-09-rig3-M9_behavior+image.nwb"  # behavior: the gaze
     assert check_dandiset(folder) == ([], [])
 
     from click.testing import CliRunner

@@ -13,13 +13,13 @@ from collections.abc import Callable
 import numpy as np
 
 from stimserver.fake_presenter import FakePresenter
-from stimserver.fixation import FixationBlock
+from stimserver.fixation import GAZE_CHUNK_S, FixationBlock
 from stimserver.frameloop import BlockControl
 from stimserver.gaze import GazeSource
 from stimserver.reward import RewardLine
 from tests.stimserver.helpers import random_images
 from wire.base import Message
-from wire.behavior import BehaviorEvent, FixationRule, GazeSample, InvalidReason, RewardEvent
+from wire.behavior import BehaviorEvent, FixationRule, GazeChunk, GazeSample, InvalidReason, RewardEvent
 from wire.stim import BlockStatus, FixationSpot, PresentBlock, TrialEvent, TrialSpec
 
 HZ = 100.0
@@ -221,3 +221,50 @@ def test_without_count_before_break_a_broken_sequence_counts_nothing() -> None:
     assert {t.image_id for t in first_try} == set(seen[:4])
     assert {t.invalid_reason for t in first_try[:3]} == {InvalidReason.SEQUENCE_BROKEN}
     assert first_try[3].invalid_reason == InvalidReason.BREAK_FIXATION
+
+
+class RecordingGaze(FunctionGaze):
+    """FunctionGaze that remembers every sample it delivered."""
+
+    def __init__(self, screen: Screen, fn: Callable[[float, str | None], tuple[float, float]]) -> None:
+        super().__init__(screen, fn)
+        self.delivered: list[GazeSample] = []
+
+    def poll(self) -> list[GazeSample]:
+        out = super().poll()
+        self.delivered += out
+        return out
+
+
+def test_gaze_chunks_cover_every_sample_the_source_delivered() -> None:
+    def fn(t: float, img: str | None) -> tuple[float, float]:
+        if 0.9 <= t < 0.96:
+            return math.nan, math.nan  # a blink within the grace
+        if 1.5 <= t < 1.7:
+            return 6.0, 0.0  # a break: the samples after the breaking one in the same poll are kept too
+        return 0.3 * math.sin(t), 0.2 * math.cos(3 * t)
+
+    ids, px = random_images(12)
+    screen = Screen(ids, px)
+    cmd = PresentBlock(block_id="b~0", trials=[TrialSpec(image_id=i, on_frames=10, off_frames=10) for i in ids],
+                       behavior=RULE, fixation=FixationSpot())
+    out: list[Message] = []
+    gaze = RecordingGaze(screen, fn)
+    res = FixationBlock(screen.p, cmd, BlockControl(), out.append, gaze, CountingReward(screen),
+                        now=screen.now).run_block()
+    assert res.status is BlockStatus.COMPLETED and res.sequences > res.completed_sequences  # it did break
+    chunks = [e for e in out if isinstance(e, GazeChunk)]
+    assert chunks and all(c.block_id == "b~0" for c in chunks)
+    t = np.concatenate([c.t for c in chunks])
+    xy = np.concatenate([c.xy for c in chunks])
+    assert t.dtype == np.float64 and xy.dtype == np.float32 and xy.shape == (len(t), 2)
+    np.testing.assert_array_equal(t, [s.t for s in gaze.delivered])  # every sample, once, in order
+    np.testing.assert_array_equal(xy, np.array([(s.x, s.y) for s in gaze.delivered], np.float32))
+    assert np.isnan(xy).any() and len(t) > 0.9 * 1000 * (screen.now() - screen.t0)
+    # chunks go out at most every GAZE_CHUNK_S and the last one at the block's end; a chunk spans about
+    # GAZE_CHUNK_S, more only after a time-out (its blank screen reads no gaze; the next frame reads it all)
+    spans = [c.t[-1] - c.t[0] for c in chunks]
+    assert max(spans) <= GAZE_CHUNK_S + RULE.timeout_s + 2 * PERIOD
+    assert sum(GAZE_CHUNK_S - 2 * PERIOD <= x <= GAZE_CHUNK_S + 2 * PERIOD for x in spans) >= len(chunks) // 2
+    assert len(chunks) <= (screen.now() - screen.t0) / GAZE_CHUNK_S + 2
+    assert out[-1] is chunks[-1], "the block's last samples go out after its last trial"

@@ -91,6 +91,14 @@ def collections_abc_sequence() -> Any:
     return collections.abc.Sequence
 
 
+def _gaze(rng: np.random.Generator) -> dict[str, Any]:
+    return {"t": np.cumsum(rng.random(3)) + 10.0, "xy": rng.standard_normal((3, 2)).astype(np.float32)}
+
+
+#: arrays whose shapes a message's validator checks: (class name) -> field values
+SHAPED: dict[str, Any] = {"GazeChunk": _gaze, "GazeDoc": _gaze}
+
+
 def example(cls: type[BaseModel], rng: np.random.Generator | None = None, depth: int = 0) -> Any:
     """An instance of ``cls``: every field filled; failing that (cross-field validators), the
     required fields plus as many optional ones as validate."""
@@ -100,6 +108,8 @@ def example(cls: type[BaseModel], rng: np.random.Generator | None = None, depth:
     # a document's uid and time have their own defaults; a message's required 'time' is filled like any field
     fields = {n: f for n, f in cls.model_fields.items() if n not in ("uid", "time") or f.is_required()}
     values = {n: example_value(f.annotation, list(f.metadata), rng, depth) for n, f in fields.items()}
+    if cls.__name__ in SHAPED:
+        values.update(SHAPED[cls.__name__](rng))
     try:
         return cls(**values)
     except ValidationError:
