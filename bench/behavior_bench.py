@@ -1,7 +1,7 @@
 """Awake-animal timing: break to blank screen, reward after the last offset flip, gaze at 1 kHz vs frames.
 
 An in-process stimulus server (the display-free presenter flipping in real time on a simulated vsync, at
-60 and at 120 Hz) reads gaze from a real LSL ``Gaze`` stream that a thread publishes at 1 kHz in real
+60 and at 120 Hz) reads gaze from a real LSL ``Gaze`` stream that another process publishes at 1 kHz in real
 time: steady fixation with a saccade out of the window every ``--break-every`` seconds. The reward line
 is a real pyserial port on a pseudo-terminal whose other end a thread reads. Prints, per refresh rate:
 
@@ -20,6 +20,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import math
+import multiprocessing as mp
 import os
 import random
 import sys
@@ -27,6 +28,7 @@ import threading
 import time
 import uuid
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 
@@ -45,37 +47,30 @@ from wire.behavior import BehaviorEvent, FixationRule, RewardEvent  # noqa: E402
 from wire.stim import BlockResult, FixationSpot, LoadImages, PresentBlock, TrialSpec  # noqa: E402
 
 
-class GazeStream(threading.Thread):
-    """1 kHz gaze in degrees on LSL, in real time: fixation, and a 300-ms saccade out every ``every`` s."""
-
-    def __init__(self, name: str, every: float) -> None:
-        super().__init__(daemon=True)
-        info = pylsl.StreamInfo(name, "Gaze", 2, 1000.0, "float32", f"bench-{name}")
-        chans = info.desc().append_child("channels")
-        for label in ("x", "y"):
-            ch = chans.append_child("channel")
-            ch.append_child_value("label", label)
-            ch.append_child_value("unit", "deg")
-        self.outlet = pylsl.StreamOutlet(info)
-        self.every, self.stop = every, threading.Event()
-        self.rng = random.Random(0)  # breaks at random phases of the refresh
-        self.breaks: list[float] = []  # time of each break's first out-of-window sample (wire clock)
-        self.offset = pylsl.local_clock() - clock.now()
-
-    def run(self) -> None:
-        t = clock.now()
-        next_break = t + self.every
-        away_until = -math.inf
-        while not self.stop.is_set():
-            now = clock.now()
-            while t + 0.001 <= now:
-                t += 0.001
-                if t >= next_break:
-                    self.breaks.append(t)
-                    away_until, next_break = t + 0.3, t + self.every * (0.5 + self.rng.random())
-                x = 6.0 if t < away_until else 0.1 * math.sin(t)
-                self.outlet.push_sample([x, 0.0], t + self.offset)
-            time.sleep(0.0005)
+def publish_gaze(name: str, every: float, stop: Any) -> None:
+    """In its own process, as a tracker's LSL app: 1 kHz gaze in degrees in real time; fixation, and a
+    300-ms saccade out of the window at random intervals (``every`` on average) and random phases."""
+    lslconfig.configure()
+    info = pylsl.StreamInfo(name, "Gaze", 2, 1000.0, "float32", f"bench-{name}")
+    chans = info.desc().append_child("channels")
+    for label in ("x", "y"):
+        ch = chans.append_child("channel")
+        ch.append_child_value("label", label)
+        ch.append_child_value("unit", "deg")
+    outlet = pylsl.StreamOutlet(info)
+    rng = random.Random(0)
+    offset = pylsl.local_clock() - clock.now()
+    t = clock.now()
+    next_break, away_until = t + every, -math.inf
+    while not stop.is_set():
+        now = clock.now()
+        while t + 0.001 <= now:
+            t += 0.001
+            if t >= next_break:
+                away_until, next_break = t + 0.3, t + every * (0.5 + rng.random())
+            x = 6.0 if t < away_until else 0.1 * math.sin(t)
+            outlet.push_sample([x, 0.0], t + offset)
+        time.sleep(0.0005)
 
 
 class PtyReader(threading.Thread):
@@ -105,7 +100,8 @@ async def one_rate(hz: float, n_images: int, every: float, gaze_on: bool) -> dic
     px = rng.integers(0, 256, (n_images, 32, 32, 3), dtype=np.uint8)
     ids = [image_id(a) for a in px]
     name = f"bench-gaze-{uuid.uuid4().hex[:8]}"
-    stream = GazeStream(name, every) if gaze_on else None
+    stop = mp.Event()
+    stream = mp.Process(target=publish_gaze, args=(name, every, stop), daemon=True) if gaze_on else None
     master, slave = os.openpty()
     reader = PtyReader(master)
     reader.start()
@@ -127,7 +123,8 @@ async def one_rate(hz: float, n_images: int, every: float, gaze_on: bool) -> dic
             await asyncio.sleep(0.5)
             res: BlockResult = await server.present(PresentBlock(block_id="b", trials=specs, behavior=rule,
                                                                  fixation=FixationSpot()))
-            stream.stop.set()
+            stop.set()
+            stream.join(5)
         else:
             res = await server.present(PresentBlock(block_id="b", trials=specs, fixation=FixationSpot()))
     os.close(slave)
