@@ -7,7 +7,7 @@ import json
 from pathlib import Path
 from typing import Any
 
-from controller.report import figures
+from controller.report import behavior, figures
 from controller.report.causal import causal_sections
 from controller.report.data import Session, load_images
 from controller.report.fmt import CSS, anchor, esc, figure, neuron_label, num, table
@@ -152,6 +152,10 @@ def write_report(session_files: list[Path], out: Path, summary_file: Path | None
         if s.docs:
             title, body, subs = session_section(s, summary, out)
             page.add(title, body, subs)
+    awake = behavior.rows(sessions)
+    if awake:
+        page.add("Behaviour", figure(behavior.figure(awake, out), "sequences completed and broken, and invalid "
+                                     "trials, per block (awake sessions)") + behavior.table_html(awake))
     timing = figure(figures.timing(sessions, out), "dropped frames per block; turnaround between blocks")
     if timing:
         page.add("Timing", timing)

@@ -52,3 +52,26 @@ def test_heldout_repeats_and_report(tmp_path: Path) -> None:
     assert pix[1][0, 0, 0] == 2
     page = write_report([path], tmp_path / "rep")
     assert "turnaround" in page.read_text()
+
+
+def test_an_awake_session_gets_per_block_behaviour_figures(tmp_path: Path) -> None:
+    """The report shows how the animal worked, block by block, from the blocks' behaviour events."""
+    from wire.documents import EventDoc, StopDoc
+
+    path = tmp_path / "awake.h5"
+    with SessionWriter.create(path) as w:
+        w.write(StartDoc(session_id="awake", code_version="x"))
+        for b, (seq, done, inv) in {"heldout": (9, 7, 3), "sysid-0": (12, 12, 0)}.items():
+            w.write(EventDoc(what="behavior", message=f"{b}: ...", details={
+                "block_id": b, "sequences": seq, "completed": done, "invalid": inv, "no_fixation": 1,
+                "rewards": done, "missing": 0, "status": "completed"}))
+        w.write(StopDoc(exit_status="success"))
+    page = write_report([path], tmp_path / "report").read_text()
+    assert "Behaviour" in page and (tmp_path / "report" / "behavior.png").is_file()
+    assert "<td>awake:heldout</td><td>9</td><td>7</td><td>78%</td><td>3</td><td>1</td><td>7</td><td>0</td>" in page
+    assert "<td>awake:sysid-0</td><td>12</td><td>12</td><td>100%</td>" in page
+    plain = tmp_path / "plain.h5"
+    with SessionWriter.create(plain) as w:
+        w.write(StartDoc(session_id="plain", code_version="x"))
+        w.write(StopDoc(exit_status="success"))
+    assert "Behaviour" not in write_report([plain], tmp_path / "report2").read_text()
