@@ -187,6 +187,7 @@ async def assemble(cfg: RunConfig, protocol: ProtocolBase, *, resume: bool = Fal
                             recording=recording, image_listeners=[rig_part.load] if rig_part is not None else [])
             if on_status is not None:
                 engine.on_status(on_status)
+            _record_tracebacks(engine, children)
             if docs:
                 engine.resume_from(docs)
             if cfg.bus.broker != "none":
@@ -352,6 +353,20 @@ async def _openephys(cfg: RunConfig, session_id: str) -> AsyncIterator[dict[str,
                    "stop_mode": acq.control_stop}
         finally:
             await oe.stop()
+
+
+def _record_tracebacks(engine: Engine, children: dict[str, Child]) -> None:
+    """Every traceback a child prints during the session becomes a ``child_error`` event of the session
+    (the whole traceback in its details): a fallback's cause is then in the file, not only on a console."""
+    loop = asyncio.get_running_loop()
+
+    def record(name: str, text: str) -> None:
+        last = text.strip().splitlines()[-1] if text.strip() else ""
+        loop.call_soon_threadsafe(engine.record_event, "child_error", f"{name}: {last[:300]}",
+                                  {"child": name, "traceback": text})
+
+    for child in children.values():
+        child.on_traceback = record
 
 
 def _stream_names(cfg: RunConfig) -> dict[str, str]:

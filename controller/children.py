@@ -77,6 +77,9 @@ class Child:
         self.output: collections.deque[str] = collections.deque(maxlen=200)
         self._lines: queue.Queue[str | None] = queue.Queue()
         self.ready_line = ""
+        #: called (on the pump thread) with each traceback the child prints after it is ready, whole
+        #: (the assembly records them as the session's ``child_error`` events)
+        self.on_traceback: Callable[[str, str], None] | None = None
         threading.Thread(target=self._pump, daemon=True, name=f"{name}-stdout").start()
 
     @classmethod
@@ -104,13 +107,38 @@ class Child:
 
     def _pump(self) -> None:
         assert self.proc.stdout is not None
+        trace: list[str] = []
         for line in self.proc.stdout:
             self.output.append(line)
             self._lines.put(line)
             if self.ready_line:  # a child's warnings, errors and tracebacks reach the operator
                 quiet = " INFO " in line or " DEBUG " in line
                 log.log(logging.DEBUG if quiet else logging.WARNING, "%s: %s", self.name, line.rstrip())
+                trace = self._collect(trace, line)
+        if trace:
+            self._report(trace)
         self._lines.put(None)
+
+    def _collect(self, trace: list[str], line: str) -> list[str]:
+        """A traceback runs from its header to the first line that is not indented (the exception)."""
+        if line.startswith("Traceback (most recent call last)"):
+            return [line]
+        if not trace:
+            return []
+        trace.append(line)
+        if line[:1] not in (" ", "\t") and not line.startswith(("During handling", "The above exception")) \
+                and line.strip():
+            self._report(trace)
+            return []
+        return trace
+
+    def _report(self, trace: list[str]) -> None:
+        hook = self.on_traceback
+        if hook is not None:
+            try:
+                hook(self.name, "".join(trace)[-8000:])
+            except Exception:  # the hook must never stop the pump
+                log.exception("recording a traceback of %s failed", self.name)
 
     def _wait_ready(self, prefix: str, timeout: float) -> str:
         while True:

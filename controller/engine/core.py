@@ -246,6 +246,11 @@ class Engine(BlocksMixin, ModelStepsMixin):
                         f"event did not arrive within {REWARD_EVENT_WAIT_S:g} s; its reward document is "
                         "written when it does", **details)
 
+    def record_event(self, what: str, message: str, details: dict[str, Any]) -> None:
+        """An event from outside the engine (a child's traceback): recorded unless the session has stopped."""
+        if not self.store.stopped:
+            self._event(what, message, **details)
+
     def _presenting(self) -> BlockRecord | None:
         return next((b for b in self.blocks.values() if b.state.state is BlockState.PRESENTING), None)
 
