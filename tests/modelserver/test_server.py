@@ -126,16 +126,20 @@ async def _train(client: RpcClient) -> str:
     raise AssertionError("training did not finish in 60 s")
 
 
+async def _two_versions(client: RpcClient) -> tuple[str, str]:
+    """Ingest the test data and train twice: (first version, second version)."""
+    imgs, counts = _data()
+    await client.request(Ingest(session="s1", image_ids=[image_id(i) for i in imgs], counts=counts, images=imgs),
+                         Ingested)
+    return await _train(client), await _train(client)
+
+
 async def test_a_loaded_back_version_survives_a_restart(cfg: ModelServerConfig) -> None:
     """An operator (or the demo's comparison fit) loads an older version back: a restarted server
     serves that one, not the newest file (versions/CURRENT)."""
     torch.set_num_threads(1)
-    imgs, counts = _data()
     async with ModelServer(cfg) as server, RpcClient(server.endpoint, timeout=30) as client:
-        await client.request(Ingest(session="s1", image_ids=[image_id(i) for i in imgs], counts=counts, images=imgs),
-                             Ingested)
-        first = await _train(client)
-        second = await _train(client)
+        first, second = await _two_versions(client)
         assert second != first and (await client.request(ListVersions(), Versions)).current == second
         await client.request(LoadVersion(version=first), Ok)
     async with ModelServer(cfg) as server, RpcClient(server.endpoint, timeout=30) as client:
@@ -152,12 +156,9 @@ async def test_a_damaged_current_version_falls_back_to_the_newest_intact_one(cfg
     """A truncated current version (a full disk, a killed copy) used to stop every later session on the
     folder: the server now serves the newest version that loads, warns, and remembers it."""
     torch.set_num_threads(1)
-    imgs, counts = _data()
+    imgs, _ = _data()
     async with ModelServer(cfg) as server, RpcClient(server.endpoint, timeout=30) as client:
-        await client.request(Ingest(session="s1", image_ids=[image_id(i) for i in imgs], counts=counts, images=imgs),
-                             Ingested)
-        first = await _train(client)
-        second = await _train(client)
+        first, second = await _two_versions(client)
     versions = cfg.data_dir / "versions"
     blob = (versions / f"{second}.pt").read_bytes()
     (versions / f"{second}.pt").write_bytes(blob[: len(blob) // 3])  # damaged mid-file
